@@ -53,15 +53,20 @@ def get_config(arg=None):
     c.scene.diffuse_iters = 7  # flow/depth extension outside the visible pixels (official masked_diffuse)
     c.scene.diffuse_ksize = 15
     c.scene.visible_erode = 5  # official mask_i = erode5x5(mask_layer_i)
-    c.scene.order_eps = 1.01  # official: a point not behind the previous layers is pushed to prev*1.01
+    c.scene.order_eps = 1.05  # a point not behind the nearer layers is pushed to prev * 1.05 (official
+    #                            1.01; 1.05 keeps it clearly behind under the soft z-test, depth_tau)
+    c.scene.capacity_factor = 2.0  # static point capacity = factor * H * W (overflow counted)
+    c.scene.features = "rgba"  # per-point features: "rgba" (default) or a learned feature net later
 
     # --- splatting and blending (kernels/splat.py, cine_jax/render.py) -----------------------------
     c.render = ml_collections.ConfigDict()
     c.render.point_radius = 1.5  # pixels (official point_radius 1.5)
     c.render.adaptive_radius = True  # official adaptive_pts_radius: radius * z_before / z_after
     c.render.max_radius = 3.0  # static footprint bound (pixels) for adaptive radii
-    c.render.depth_tau = 0.02  # relative depth scale of the soft z-test in the splat
-    c.render.alpha_gain = 2.0  # coverage alpha = 1 - exp(-gain * summed footprint weight)
+    c.render.depth_tau = 0.01  # relative depth scale of the soft z-test: a surface 5% behind gets e^-5
+    c.render.core_fraction = 0.5  # nearest depth per pixel taken over taps within 0.5 * radius
+    c.render.splat_sigma = 0.25  # px; Gaussian feature kernel inside the radius (sharp: dense = exact)
+    c.render.use_feature_alpha = True  # Eq. 4 alpha = splat coverage x splatted layer alpha (RGBA A)
     c.render.near = 1e-3  # points closer than this to the camera plane are dropped
     c.render.blend_beta = 1.0  # Eq. 4: weight ~ exp(-beta * D) with D the depth relative to the scene min
     c.render.decoder = "identity"  # "identity" (RGB from splatted RGBA) or a learned decoder later

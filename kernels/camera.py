@@ -109,3 +109,16 @@ def look_at(eye, target, up=(0.0, -1.0, 0.0)):
     return jnp.concatenate(
         [jnp.concatenate([r, t[:, None]], axis=1), jnp.array([[0.0, 0.0, 0.0, 1.0]])], axis=0
     )
+
+
+def camera_rays(pose, K, height, width):
+    """World-space rays through every pixel centre of a camera.
+
+    pose: world-to-camera [4, 4]; K [3, 3]. Returns (origins [H, W, 3], directions [H, W, 3]) with unit
+    directions; the ray through pixel (i, j) passes through the camera-space point unproject((j, i), z=1).
+    """
+    c2w = invert_pose(pose)
+    d_cam = unproject_points(pixel_grid(height, width), jnp.ones((height, width), jnp.float32), K)
+    d_world = safe_normalize(d_cam @ c2w[:3, :3].T)
+    origins = jnp.broadcast_to(c2w[:3, 3], d_world.shape)
+    return origins, d_world

@@ -77,3 +77,16 @@ def test_look_at_puts_target_on_axis():
     # world "up" (-y by default) appears up in the image: a point above the target has smaller v.
     above = camera.transform_points(pose, target + jnp.array([0.0, -0.5, 0.0]))
     assert float(above[1]) < 0
+
+
+def test_camera_rays_hit_unprojected_points(rng):
+    h, w = 6, 8
+    K = camera.intrinsics_from_focal(7.0, h, w)
+    pose = camera.look_at(jnp.array([0.5, -0.3, -2.0]), jnp.zeros(3))
+    depth = jnp.asarray(rng.uniform(1.0, 3.0, size=(h, w)), jnp.float32)
+    world = camera.transform_points(camera.invert_pose(pose), camera.unproject(depth, K))
+    o, d = camera.camera_rays(pose, K, h, w)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(d), axis=-1), 1.0, atol=1e-5)
+    to_pt = np.asarray(world - o)
+    cosang = np.sum(to_pt * np.asarray(d), -1) / np.linalg.norm(to_pt, axis=-1)
+    np.testing.assert_allclose(cosang, 1.0, atol=1e-5)
