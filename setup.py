@@ -45,7 +45,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["cine_jax", "cine_jax.*", "four_d", "four_d.*", "kernels", "kernels.*", "configs", "configs.*"]),
+    packages=find_packages(
+        include=["cine_jax", "cine_jax.*", "four_d", "four_d.*", "kernels", "kernels.*", "configs", "configs.*"]
+    ),
     package_data={"cine_jax": ["assets/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

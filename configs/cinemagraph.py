@@ -81,7 +81,7 @@ def get_config(arg=None):
 
     # --- output -------------------------------------------------------------------------------------
     c.output = ml_collections.ConfigDict()
-    c.output.fps = 25  # official imageio.mimwrite fps
+    c.output.fps = 25.0  # official imageio.mimwrite fps
     c.output.gif_max_side = 384
 
     if arg == "tiny":

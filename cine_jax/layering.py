@@ -1,0 +1,462 @@
+"""Depth bins, inpainting and the layered depth image (LDI) of 3D cinemagraphy (stages 1-2).
+
+Follows the official implementation (xingyi-li/3d-cinemagraphy, lib/model/inpaint/depth_layering.py
+get_depth_bins and lib/model/inpaint/inpainter.py sequential_inpainting; facts in
+shared/reference/cinemagraphy.md §2), with OpenCV inpainting standing in for the 3D-Photo networks
+behind the `Inpainter` interface. Host-side NumPy/OpenCV/scikit-learn preprocessing, run once per image;
+`LDI.pad_to` gives the static shapes the jitted stages need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from cine_jax.depth import validate_depth, validate_image
+
+__all__ = [
+    "LDI",
+    "Inpainter",
+    "OpenCVInpainter",
+    "bin_indices",
+    "build_ldi",
+    "depth_bins",
+    "get_inpainter",
+    "layer_previews",
+    "refine_near_depth_discontinuity",
+    "register_inpainter",
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Depth bins
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cut_tree(children, n_leaves, n_clusters):
+    """Cluster labels [n_leaves] of a merge tree cut at `n_clusters` (first n_leaves - k merges applied).
+
+    `children` [n_leaves - 1, 2] is scikit-learn's `children_` (node n_leaves + m is merge m); Ward
+    merge heights increase with m, so applying the first merges equals sklearn's own cut.
+    """
+    parent = np.arange(2 * n_leaves - 1)
+    for m in range(n_leaves - n_clusters):
+        parent[children[m]] = n_leaves + m
+    # Follow parents to the root of each leaf (depth <= n merges; vectorised pointer jumping).
+    root = parent.copy()
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    _, labels = np.unique(root[:n_leaves], return_inverse=True)
+    return labels
+
+
+def depth_bins(depth, distance_threshold=5.0, subsample=10, max_layers=None):
+    """Ascending depth edges [L + 1] (float64) splitting `depth` [H, W] into L layers, as the official
+    get_depth_bins.
+
+    Recipe: disparity = 1 / depth subsampled [::s, ::s], min-max normalised to [0, 1]; scikit-learn
+    AgglomerativeClustering(n_clusters=None, distance_threshold=t) with Ward linkage on the values;
+    each cluster's edge is 1 / (min disparity of the cluster) de-normalised, i.e. the cluster's farthest
+    depth; edges = sorted([depth.min()] + cluster edges), then the first and last are replaced by
+    depth.min() - 1e-6 and depth.max() + 1e-6 so every pixel falls in a bin
+    (edge_i < z <= edge_i+1, see `bin_indices`).
+
+    The Ward merge height of two clusters grows like sqrt(n1 n2 / (n1 + n2)) times their centroid
+    gap, so the number of layers grows with the image size (for a fixed subsample): the same scene
+    at twice the resolution usually gets more layers. A constant depth map gives one layer. Edges come
+    from the subsample only (as official), so a full-resolution pixel deeper than its cluster's
+    subsampled maximum falls into the next bin (a few pixels per cluster on noisy depth).
+
+    max_layers: if the threshold gives more than `max_layers` clusters, the same Ward tree is cut at
+    `max_layers` clusters instead (the last merges are undone up to that count, so the closest
+    clusters by Ward distance are merged and the remaining edges are a subset of the unmerged ones).
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    z = validate_depth(depth, "depth").astype(np.float64)
+    if subsample < 1:
+        raise ValueError(f"subsample must be >= 1, got {subsample}")
+    if max_layers is not None and max_layers < 1:
+        raise ValueError(f"max_layers must be >= 1 or None, got {max_layers}")
+    zmin, zmax = z.min(), z.max()
+    disp = 1.0 / z[::subsample, ::subsample].reshape(-1)
+    lo, hi = disp.min(), disp.max()
+    if hi <= lo or disp.size < 2:
+        return np.array([zmin - 1e-6, zmax + 1e-6])
+    x = ((disp - lo) / (hi - lo))[:, None]
+    model = AgglomerativeClustering(n_clusters=None, distance_threshold=distance_threshold).fit(x)
+    labels = model.labels_
+    if max_layers is not None and labels.max() + 1 > max_layers:
+        labels = _cut_tree(model.children_, x.shape[0], max_layers)
+    k = labels.max() + 1
+    mins = np.full(k, np.inf)
+    np.minimum.at(mins, labels, x[:, 0])
+    cluster_edges = 1.0 / (mins * (hi - lo) + lo)
+    edges = np.sort(np.concatenate([[zmin], cluster_edges]))
+    edges[0] = zmin - 1e-6
+    edges[-1] = zmax + 1e-6
+    return edges
+
+
+def bin_indices(depth, edges):
+    """Layer index [H, W] int32 of each pixel: i with edges[i] < depth <= edges[i+1], clipped to bins.
+
+    Bins are right-closed because a cluster's edge is its farthest depth: the pixels at exactly that
+    depth belong to the cluster (the official half-open test sends them to the next bin; this only
+    differs for pixels exactly on an edge, e.g. a constant-depth plane).
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    idx = np.searchsorted(e, np.asarray(depth, dtype=np.float64), side="left") - 1
+    return np.clip(idx, 0, len(e) - 2).astype(np.int32)
+
+
+def _validate_edges(edges):
+    e = np.asarray(edges, dtype=np.float64)
+    if e.ndim != 1 or e.size < 2:
+        raise ValueError(f"edges: expected a 1-D array of at least 2 depth edges, got shape {e.shape}")
+    if not np.all(np.isfinite(e)):
+        raise ValueError("edges: contains NaN or inf")
+    if np.any(np.diff(e) <= 0):
+        raise ValueError(f"edges: must be strictly increasing, got {e}")
+    return e
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inpainting
+# ---------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Inpainter(Protocol):
+    """Fills `holes` of an RGB-D layer from its `context` pixels.
+
+    __call__(rgb [H, W, 3] float32 in [0, 1], depth [H, W] float32 > 0, context [H, W] bool,
+             holes [H, W] bool) -> (rgb [H, W, 3], depth [H, W]).
+    Hole pixels get values derived from context pixels only (never from pixels in neither mask);
+    context pixels are returned unchanged; other pixels are unspecified (callers ignore them).
+    """
+
+    def __call__(self, rgb: np.ndarray, depth: np.ndarray, context: np.ndarray,
+                 holes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class OpenCVInpainter:
+    """Classical inpainting with cv2.inpaint (Telea 2004 fast marching, or Navier-Stokes).
+
+    Colour: cv2.inpaint on the 8-bit RGB (quantisation error <= 0.5/255). Depth: cv2.inpaint on the
+    log-depth (the official depth net also works on log depth), min-max normalised over the context
+    and quantised to uint16 (step (range of log z) / 65535, i.e. a relative depth error < 1e-4 for a
+    1000:1 range), so filled depth interpolates depth ratios, stays inside the context's depth range and
+    positive. uint16 rather than float32 because OpenCV 5.0's float32 Telea is unstable (measured: a
+    linear log-depth ramp in [1.70, 1.97] filled with values from 0.49 to 3.25).
+    Every non-context pixel is marked unknown for OpenCV (which treats all unmasked pixels as sources),
+    so foreground pixels outside the holes never leak into the fill: a hidden background region takes
+    the BACKGROUND's colour and depth.
+    """
+
+    def __init__(self, radius=5, method="telea"):
+        methods = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+        if method not in methods:
+            raise ValueError(f"OpenCVInpainter: unknown method {method!r}; use one of {sorted(methods)}")
+        if radius < 1:
+            raise ValueError(f"OpenCVInpainter: radius must be >= 1, got {radius}")
+        self.radius, self.method, self._flag = radius, method, methods[method]
+
+    def __call__(self, rgb, depth, context, holes):
+        rgb = validate_image(rgb, "rgb")
+        depth = validate_depth(depth, "depth", shape=rgb.shape[:2])
+        context = _as_mask(context, "context", rgb.shape[:2])
+        holes = _as_mask(holes, "holes", rgb.shape[:2])
+        out_rgb, out_depth = rgb.copy(), depth.copy()
+        if not holes.any():
+            return out_rgb, out_depth
+        if not context.any():
+            raise ValueError("OpenCVInpainter: context is empty, nothing to fill the holes from")
+        # Crop to the holes' bounding box grown by a margin: Telea only propagates from the hole
+        # boundary, so far-away context does not change the fill (but the crop saves a lot of time).
+        r0, r1, c0, c1 = _bbox(holes, margin=4 * self.radius + 2, shape=holes.shape)
+        if not context[r0:r1, c0:c1].any():
+            r0, r1, c0, c1 = 0, holes.shape[0], 0, holes.shape[1]
+        ctx = context[r0:r1, c0:c1]
+        hol = holes[r0:r1, c0:c1]
+        unknown = (~ctx).astype(np.uint8)
+        rgb8 = np.round(rgb[r0:r1, c0:c1] * 255.0).astype(np.uint8)
+        fill = cv2.inpaint(rgb8, unknown, self.radius, self._flag).astype(np.float32) / 255.0
+        logd = np.log(depth[r0:r1, c0:c1].astype(np.float64))
+        lo, hi = logd[ctx].min(), logd[ctx].max()
+        scale = (hi - lo) / 65535.0 if hi > lo else 1.0
+        # Unknown pixels' own values are ignored by OpenCV; zero them so nothing depends on them.
+        q = np.where(ctx, np.round((logd - lo) / scale), 0.0).astype(np.uint16)
+        fill_d = np.exp(cv2.inpaint(q, unknown, self.radius, self._flag).astype(np.float64) * scale + lo)
+        sub_rgb = out_rgb[r0:r1, c0:c1]
+        sub_rgb[hol] = fill[hol]
+        sub_d = out_depth[r0:r1, c0:c1]
+        sub_d[hol] = fill_d[hol].astype(np.float32)
+        return out_rgb, out_depth
+
+
+_INPAINTERS: dict[str, Callable[..., Inpainter]] = {"opencv": OpenCVInpainter}
+
+
+def register_inpainter(name, factory):
+    """Register `factory(**kwargs) -> Inpainter` under `name` (e.g. the 3D-Photo networks)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"inpainter name must be a non-empty string, got {name!r}")
+    _INPAINTERS[name] = factory
+
+
+def get_inpainter(name, **kwargs):
+    """Build the inpainter registered as `name` with keyword arguments `kwargs`."""
+    if name not in _INPAINTERS:
+        raise ValueError(f"unknown inpainter {name!r}; registered: {sorted(_INPAINTERS)}")
+    return _INPAINTERS[name](**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Morphology helpers and depth-discontinuity refinement
+# ---------------------------------------------------------------------------------------------------
+
+
+def _as_mask(mask, name, shape):
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {m.shape}")
+    return m.astype(bool)
+
+
+def _bbox(mask, margin, shape):
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = shape
+    return (max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h),
+            max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
+
+
+def _erode(mask, k):
+    """Binary erosion with a k x k square (OpenCV anchor; pixels outside the image count as set)."""
+    if k <= 1:
+        return mask.astype(bool)
+    return cv2.erode(mask.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+
+
+def _open3(mask):
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def refine_near_depth_discontinuity(depth, alpha, ksize=11, chunk=65536):
+    """Official refinement of a layer's depth near its silhouette (3D Moments / 3D Cinemagraphy).
+
+    In the band where the ksize x ksize eroded alpha is 0, depth is replaced by the masked median of
+    the depths of the alpha pixels (alpha > 0.5) in the ksize x ksize window around the pixel (window
+    clipped to the image; for an even count the lower median, as torch.median). Pixels whose window
+    holds no alpha pixel keep their depth. Returns float32 depth [H, W].
+    """
+    z = validate_depth(depth, "depth")
+    a = np.asarray(alpha)
+    if a.shape != z.shape:
+        raise ValueError(f"alpha: expected shape {z.shape}, got {a.shape}")
+    if ksize < 1 or ksize % 2 == 0:
+        raise ValueError(f"ksize must be odd and >= 1, got {ksize}")
+    m = a > 0.5
+    # Only pixels with an alpha pixel in their window can change: the band ring around the silhouette.
+    band = ~_erode(m, ksize) & cv2.dilate(m.astype(np.uint8), np.ones((ksize, ksize), np.uint8)).astype(bool)
+    out = z.copy()
+    r = ksize // 2
+    if not band.any() or not m.any():
+        return out
+    # Pad with +inf / False so windows are clipped to the image; sort valid values to the front.
+    zp = np.pad(np.where(m, z, np.inf), r, constant_values=np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(zp, (ksize, ksize))  # [H, W, k, k] view
+    rows, cols = np.nonzero(band)
+    for s in range(0, rows.size, chunk):
+        rr, cc = rows[s:s + chunk], cols[s:s + chunk]
+        vals = np.sort(win[rr, cc].reshape(rr.size, -1), axis=1)
+        count = np.isfinite(vals).sum(axis=1)
+        has = count > 0
+        med = vals[np.arange(rr.size), np.maximum(count - 1, 0) // 2]
+        out[rr[has], cc[has]] = med[has]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# LDI
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LDI:
+    """Layered depth image, near to far, as NumPy arrays.
+
+    rgba    [L, H, W, 4] float32: RGB (not premultiplied) and alpha in [0, 1].
+    depth   [L, H, W] float32 z-depth > 0 everywhere (where alpha is 0 it holds the inpainted depth,
+            clamped into the layer's bin, so unprojection never sees 0 or inf).
+    visible [L, H, W] bool: pixels of the input image belonging to this layer (a partition of the
+            image: every pixel is visible in exactly one layer).
+    edges   [L + 1] float64 ascending depth bin edges (layer i covers edges[i] < z <= edges[i+1]).
+    """
+
+    rgba: np.ndarray
+    depth: np.ndarray
+    visible: np.ndarray
+    edges: np.ndarray
+
+    def __post_init__(self):
+        L = self.rgba.shape[0]
+        if self.rgba.ndim != 4 or self.rgba.shape[-1] != 4:
+            raise ValueError(f"LDI.rgba: expected [L, H, W, 4], got {self.rgba.shape}")
+        if self.depth.shape != self.rgba.shape[:3] or self.visible.shape != self.rgba.shape[:3]:
+            raise ValueError(f"LDI: depth {self.depth.shape} and visible {self.visible.shape} must be "
+                             f"{self.rgba.shape[:3]}")
+        if self.edges.shape != (L + 1,):
+            raise ValueError(f"LDI.edges: expected shape ({L + 1},), got {self.edges.shape}")
+
+    @property
+    def num_layers(self):
+        return self.rgba.shape[0]
+
+    @property
+    def shape(self):
+        """(H, W) of the image."""
+        return self.rgba.shape[1:3]
+
+    def pad_to(self, max_layers):
+        """A new LDI with exactly `max_layers` layers for static shapes: appended layers are empty
+        (alpha 0, RGB 0, visible False, depth = the far edge) and repeat the last edge (empty bins).
+        Raises ValueError if the LDI already has more layers (merge bins with depth_bins(max_layers=)).
+        """
+        L = self.num_layers
+        if max_layers < L:
+            raise ValueError(f"LDI.pad_to: the LDI has {L} layers, more than max_layers={max_layers}")
+        n = max_layers - L
+        h, w = self.shape
+        far = np.float32(self.edges[-1])
+        return LDI(
+            rgba=np.concatenate([self.rgba, np.zeros((n, h, w, 4), np.float32)]),
+            depth=np.concatenate([self.depth, np.full((n, h, w), far, np.float32)]),
+            visible=np.concatenate([self.visible, np.zeros((n, h, w), bool)]),
+            edges=np.concatenate([self.edges, np.full(n, self.edges[-1])]),
+        )
+
+
+def _merge_small_bins(idx, edges, context_erode, min_layer_pixels):
+    """Official: a layer i > 0 whose k x k eroded membership has < min_layer_pixels pixels is skipped.
+
+    Skipping would lose its pixels, so instead the bin is merged into the nearer one (its near edge
+    is removed). Returns the surviving edges.
+    """
+    keep = [0]
+    for i in range(1, len(edges) - 1):
+        if _erode(idx == i, context_erode).sum() >= min_layer_pixels:
+            keep.append(i)
+    keep.append(len(edges) - 1)
+    return edges[keep]
+
+
+def build_ldi(image, depth, edges, inpainter, *, context_erode=10, hole_margin=40, min_layer_pixels=10,
+              discontinuity_ksize=11):
+    """Sequential near-to-far layering and inpainting (official sequential_inpainting).
+
+    image [H, W, 3] float32 in [0, 1]; depth [H, W] z-depth > 0; edges [L + 1] from `depth_bins`;
+    inpainter: an `Inpainter`. Per bin i (near to far):
+      layer 0: RGB = image, alpha = membership of bin 0, depth refined by
+               refine_near_depth_discontinuity (11 x 11).
+      layer i > 0: context = erode_{10x10}(depth > edge_i) (this bin and everything behind it);
+               holes = not context, inside the context's bounding box grown by `hole_margin` px;
+               colour and depth are inpainted from the context; depth below the original is set to
+               original * 1.01, then clamped to >= 0.9 * edge_i; alpha = opening_3x3(holes | context);
+               for all but the last layer only pixels with depth <= edge_{i+1} are kept and the depth
+               is refined again; finally a depth not behind the nearer layers' (max over layers with
+               alpha > 0 at that pixel) is pushed to prev * 1.05.
+    Deviations, so that the LDI reproduces the input image exactly and loses no pixel:
+      - a bin i > 0 whose eroded membership has < `min_layer_pixels` pixels is merged into the nearer
+        bin (official: skipped, its pixels lost); the returned LDI.edges reflect the merge;
+      - the pixels of bin i keep their original colour and (refined) depth with alpha 1 and are the
+        layer's `visible` mask (official: mask_layer = eroded context x bin membership, so a 10 px band
+        of each far layer at depth discontinuities is inpainted and visible nowhere).
+    Where alpha is 0, depth is clamped into [edge_i, edge_{i+1}] (a sane value > 0).
+    """
+    img = validate_image(image, "image")
+    z = validate_depth(depth, "depth")
+    if z.shape != img.shape[:2]:
+        raise ValueError(f"depth: shape {z.shape} does not match image shape {img.shape[:2]}")
+    e = _validate_edges(edges)
+    if not isinstance(inpainter, Inpainter):
+        raise ValueError(f"inpainter: expected a callable Inpainter, got {type(inpainter).__name__}")
+    h, w = z.shape
+    e = _merge_small_bins(bin_indices(z, e), e, context_erode, min_layer_pixels)
+    idx = bin_indices(z, e)
+    L = len(e) - 1
+    rgba = np.zeros((L, h, w, 4), np.float32)
+    depth_out = np.zeros((L, h, w), np.float32)
+    visible = np.zeros((L, h, w), bool)
+    prev_far = np.zeros((h, w), np.float32)  # farthest depth of the nearer layers' alpha > 0 pixels
+    z64 = z.astype(np.float64)
+
+    for i in range(L):
+        member = idx == i
+        lo, hi = e[i], e[i + 1]
+        if i == 0:
+            d = refine_near_depth_discontinuity(z, member, discontinuity_ksize)
+            rgb = img
+            alpha = member.astype(np.float32)
+        else:
+            context = _erode(z64 > lo, context_erode)
+            if not context.any():  # cannot happen after _merge_small_bins; keep the layer visible-only
+                context = member.copy()
+            r0, r1, c0, c1 = _bbox(context, hole_margin, (h, w))
+            holes = np.zeros((h, w), bool)
+            holes[r0:r1, c0:c1] = True
+            holes &= ~context
+            rgb, d = inpainter(img, z, context, holes)
+            rgb = np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)
+            d = np.asarray(d, np.float64)
+            # Official: inpainted depth in front of the original surface is pushed just behind it.
+            d = np.where(holes & (d < z64), z64 * 1.01, d)
+            d = np.maximum(d, 0.9 * lo)
+            keep = _open3(holes | context) | member
+            if i < L - 1:
+                keep &= (d <= hi) | member
+                d = refine_near_depth_discontinuity(d.astype(np.float32), keep, discontinuity_ksize)
+            d = np.asarray(d, np.float64)
+            d = np.where(member, refine_near_depth_discontinuity(z, member, discontinuity_ksize), d)
+            hidden = keep & ~member
+            d = np.where(hidden & (prev_far > 0) & (d <= prev_far), prev_far * 1.05, d)
+            rgb = np.where(member[..., None], img, rgb)
+            alpha = keep.astype(np.float32)
+        d = np.where(alpha > 0, d, np.clip(d, max(lo, 1e-6), hi))
+        d = np.asarray(d, np.float32)
+        rgba[i, ..., :3] = rgb
+        rgba[i, ..., 3] = alpha
+        depth_out[i] = d
+        visible[i] = member
+        prev_far = np.where(alpha > 0, np.maximum(prev_far, d), prev_far)
+
+    return LDI(rgba=rgba, depth=validate_depth(depth_out, "LDI depth"), visible=visible, edges=e)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Previews
+# ---------------------------------------------------------------------------------------------------
+
+
+def layer_previews(ldi):
+    """One preview [H, 2W, 3] float32 in [0, 1] per layer: RGBA over a checkerboard | depth colour.
+
+    Uses cine_jax.viz: `checkerboard_rgba` (RGB not premultiplied) and `depth_to_color` (inferno on
+    disparity, normalised over the layer's alpha > 0.5 pixels; other pixels black).
+    """
+    from cine_jax import viz
+
+    out = []
+    for i in range(ldi.num_layers):
+        over = viz.checkerboard_rgba(ldi.rgba[i], premultiplied=False)
+        dcol = viz.depth_to_color(ldi.depth[i], mask=ldi.rgba[i, ..., 3])
+        out.append(np.concatenate([over, dcol], axis=1).astype(np.float32))
+    return out

@@ -1,0 +1,375 @@
+"""One photo to a 3D cinemagraph: depth -> LDI -> point cloud -> symmetric animation -> frames.
+
+`animate` is the Python entry point; `cine-jax animate` (cli.py) wraps it and writes the outputs.
+"""
+
+import dataclasses
+import math
+import os
+import time as _time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from cine_jax import depth as depth_lib
+from cine_jax import io, layering, motion, render, scene, trajectories
+from configs import cinemagraph as cinemagraph_config
+from kernels import camera
+
+
+@dataclasses.dataclass
+class AnimateResult:
+    """Frames and the intermediates of `animate`, all NumPy.
+
+    frames [N, H, W, 3] float32 in [0, 1]; image [H, W, 3] the working-size input; depth [H, W];
+    ldi (layering.LDI); flow [H, W, 2] Eulerian flow (px/frame); mask [H, W] or None;
+    displacement dict(forward [N, H, W, 2], backward [N, H, W, 2]) of the input pixels (the nearest
+    layer); poses [N, 4, 4]; K [N, 3, 3]; stats (counts of dropped points, timings in seconds).
+    """
+
+    frames: np.ndarray
+    image: np.ndarray
+    depth: np.ndarray
+    ldi: object
+    flow: np.ndarray
+    mask: object
+    hints: list
+    displacement: dict
+    poses: np.ndarray
+    K: np.ndarray
+    stats: dict
+
+
+def _is_path(x):
+    return isinstance(x, str | os.PathLike)
+
+
+def _as_image(image, cfg):
+    if _is_path(image):
+        img, info = io.load_image(image, max_side=cfg.io.max_side, multiple_of=cfg.io.multiple_of)
+        return img, tuple(info["original_size"]), str(image)
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"image array must be [H, W, 3] (or 4), got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    arr = np.asarray(arr[..., :3], np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("image array contains NaN or inf")
+    original = arr.shape[:2]
+    size = io.working_size(*original, max_side=cfg.io.max_side, multiple_of=cfg.io.multiple_of)
+    if size != original:
+        import cv2
+
+        interp = cv2.INTER_AREA if size[0] < original[0] else cv2.INTER_CUBIC
+        arr = np.clip(cv2.resize(arr, (size[1], size[0]), interpolation=interp), 0.0, 1.0)
+    return arr, tuple(original), "<array>"
+
+
+def _resize_array(arr, size, name, interp_area=True):
+    import cv2
+
+    arr = np.asarray(arr, np.float32)
+    if arr.shape[:2] == tuple(size):
+        return arr
+    interp = cv2.INTER_AREA if interp_area and arr.shape[0] > size[0] else cv2.INTER_LINEAR
+    out = cv2.resize(arr, (size[1], size[0]), interpolation=interp)
+    return out.reshape(tuple(size) + arr.shape[2:])
+
+
+def _rescale_hints(hints, original, size):
+    """Hints given with an image array are in its pixels: move them to the working size."""
+    starts, vectors = motion.parse_hints(hints)
+    if tuple(original) == tuple(size):
+        return [(tuple(map(float, s)), tuple(map(float, v))) for s, v in zip(np.asarray(starts), np.asarray(vectors))]
+    starts = io.rescale_points(np.asarray(starts, np.float64), original, size)
+    scale = np.array([size[1] / original[1], size[0] / original[0]])
+    vectors = np.asarray(vectors, np.float64) * scale
+    return [(tuple(map(float, s)), tuple(map(float, v))) for s, v in zip(starts, vectors)]
+
+
+def _load_motion(mask, hints, flow, size, original, cfg):
+    """Returns (flow [H,W,2], mask [H,W] or None, hints list)."""
+    m = None
+    hint_list = []
+    if mask is not None:
+        if _is_path(mask):
+            m = io.load_mask(mask, size)
+        else:
+            m = _resize_array(mask, size, "mask")
+            if m.ndim != 2 or not np.all(np.isfinite(m)):
+                raise ValueError(f"mask array must be a finite [H, W] array, got shape {np.shape(mask)}")
+            m = np.clip(m, 0.0, 1.0)
+            if m.max() <= 0:
+                raise ValueError("mask array is empty: no pixel is marked as moving")
+    if hints is not None:
+        if _is_path(hints):
+            ann = io.load_annotations(hints, original, size, frames=cfg.io.hint_frames)
+            hint_list = list(ann.hints)
+            if m is None and ann.mask is not None:
+                m = ann.mask
+        else:
+            hint_list = _rescale_hints(hints, original, size)
+    if flow is not None:
+        if _is_path(flow):
+            f = io.load_flow(flow, size)
+        else:
+            f = np.asarray(flow, np.float32)
+            if f.ndim != 3 or f.shape[2] != 2:
+                raise ValueError(f"flow array must be [H, W, 2], got shape {f.shape}")
+            if f.shape[:2] != tuple(size):
+                scale = np.array([size[1] / f.shape[1], size[0] / f.shape[0]], np.float32)
+                f = _resize_array(f, size, "flow", interp_area=False) * scale
+            if not np.all(np.isfinite(f)):
+                raise ValueError("flow array contains NaN or inf")
+        f = motion.prepare_flow(f, m, flow_scale=cfg.motion.flow_scale)
+        return f, m, hint_list
+    if hint_list:
+        if m is None:
+            raise ValueError("flow hints need a motion mask (a mask file, or 'motion' polygons in the hints file)")
+        f = motion.flow_from_annotations(
+            m,
+            hint_list,
+            size,
+            sigma=cfg.motion.hint_sigma,
+            smooth_ksize=cfg.motion.smooth_ksize,
+            flow_scale=cfg.motion.flow_scale,
+        )
+        return f, m, hint_list
+    if m is not None:
+        raise ValueError("a motion mask needs flow hints (--hints) or a dense flow (--flow) to animate")
+    return np.zeros(tuple(size) + (2,), np.float32), None, []
+
+
+def _depth(depth, image, size, cfg):
+    if depth is None:
+        est = depth_lib.get_estimator(
+            cfg.depth.estimator,
+            near=cfg.depth.near,
+            far=cfg.depth.far,
+            sky_depth=cfg.depth.sky_depth,
+            horizon=cfg.depth.horizon,
+            guided_radius=cfg.depth.guided_radius,
+            guided_eps=cfg.depth.guided_eps,
+            median_ksize=cfg.depth.median_ksize,
+        )
+        d = np.asarray(est(image), np.float32)
+    elif _is_path(depth):
+        d = io.load_depth(depth, size)
+    else:
+        d = _resize_array(depth, size, "depth")
+        depth_lib.validate_depth(d, "depth array")
+    depth_lib.validate_depth(d, "depth")
+    # the trajectories' magnitudes assume the nearest depth is 1 (official units)
+    return (d / float(d.min()) * cfg.depth.near).astype(np.float32)
+
+
+def reference_intrinsics(height, width):
+    """Official intrinsics: fx = fy = max(h, w), principal point at the image centre."""
+    return np.asarray(camera.intrinsics_from_focal(float(max(height, width)), height, width))
+
+
+def _cameras(trajectory, poses, num_frames, size, cfg):
+    h, w = size
+    K0 = reference_intrinsics(h, w)
+    if poses is not None:
+        if _is_path(poses):
+            K, P = io.load_cameras(poses, size=size)
+        else:
+            K, P = K0, np.asarray(poses, np.float32)
+            if P.ndim != 3 or P.shape[1:] != (4, 4):
+                raise ValueError(f"poses must be [N, 4, 4] world-to-camera matrices, got {P.shape}")
+        K = np.asarray(K, np.float32)
+        P = np.asarray(P, np.float32)
+        if num_frames is not None and num_frames != len(P):
+            raise ValueError(f"--frames {num_frames} disagrees with the {len(P)} poses given")
+        Ks = np.broadcast_to(K, (len(P), 3, 3)).copy()
+        return P, Ks, K0
+    traj = trajectories.make_trajectory(
+        trajectory, num_frames=num_frames, scale=cfg.trajectory.scale, scene_depth=cfg.depth.near
+    )
+    P = np.asarray(traj["poses"], np.float32)
+    Ks = np.broadcast_to(K0, (len(P), 3, 3)).copy()
+    fs = np.asarray(traj["focal_scale"], np.float32)
+    Ks[:, 0, 0] *= fs
+    Ks[:, 1, 1] *= fs
+    return P, Ks, K0
+
+
+def animate(
+    image,
+    *,
+    depth=None,
+    flow=None,
+    mask=None,
+    hints=None,
+    trajectory="circle",
+    poses=None,
+    num_frames=None,
+    config=None,
+    seed=0,
+    mesh=None,
+    progress=True,
+):
+    """Animate one photo into a looping 3D cinemagraph.
+
+    image: path or [H, W, 3] array. depth: path (.npy z-depth, .pfm / 16-bit PNG disparity), [H, W]
+    z-depth array, or None for the configured estimator. flow: path (.npy / .flo) or [H, W, 2] Eulerian
+    flow in px/frame. mask: path (PNG) or [H, W] array of moving pixels. hints: path (labelme or our
+    JSON; may also carry the mask) or a list of hints. trajectory: a name from
+    trajectories.TRAJECTORIES, or poses: path to a cameras JSON or [N, 4, 4] world-to-camera poses.
+    num_frames: frames of the loop (default: the trajectory's). config: configs.cinemagraph config.
+
+    Frame t shows the scene at time t/N from camera t; with the identity pose and zero time frame 0
+    reproduces the input image. The result is deterministic for the same inputs, config and seed.
+    """
+    cfg = cinemagraph_config.get_config() if config is None else config
+    del seed  # every stage is deterministic; the seed is kept for learned components (API stability)
+    timings = {}
+    t0 = _time.perf_counter()
+    stages = tqdm(total=6, desc="cinemagraph", disable=not progress, unit="stage")
+
+    def mark(name):
+        nonlocal t0
+        now = _time.perf_counter()
+        timings[name] = round(now - t0, 3)
+        t0 = now
+        stages.set_postfix_str(name)
+        stages.update(1)
+
+    img, original, _ = _as_image(image, cfg)
+    size = img.shape[:2]
+    h, w = size
+    flow_field, m, hint_list = _load_motion(mask, hints, flow, size, original, cfg)
+    mark("inputs")
+
+    d = _depth(depth, img, size, cfg)
+    mark("depth")
+
+    lc = cfg.layering
+    edges = layering.depth_bins(
+        d, distance_threshold=lc.distance_threshold, subsample=lc.subsample, max_layers=lc.max_layers
+    )
+    inpainter = layering.get_inpainter(lc.inpainter, radius=lc.inpaint_radius)
+    ldi = layering.build_ldi(
+        img,
+        d,
+        edges,
+        inpainter,
+        context_erode=lc.context_erode,
+        hole_margin=lc.hole_margin,
+        min_layer_pixels=lc.min_layer_pixels,
+        discontinuity_ksize=lc.discontinuity_ksize,
+    )
+    mark("layering")
+
+    P, Ks, K0 = _cameras(trajectory, poses, num_frames, size, cfg)
+    n = len(P)
+    sc = cfg.scene
+    cloud = scene.build_point_cloud(
+        ldi,
+        alpha_threshold=sc.alpha_threshold,
+        capacity=int(math.ceil(sc.capacity_factor * h * w)),
+        order_eps=sc.order_eps,
+    )
+    fields = scene.layer_flows(
+        flow_field,
+        ldi,
+        visible_erode=sc.visible_erode,
+        diffuse_iters=sc.diffuse_iters,
+        diffuse_ksize=sc.diffuse_ksize,
+    )
+    disp = scene.symmetric_point_displacements(fields, cloud, n)
+    mark("scene")
+
+    frames, counts = render_frames(cloud, disp, P, Ks, K0, size, cfg, mesh=mesh, progress=progress)
+    mark("render")
+
+    # displacement of the input pixels (the point of each pixel's visible layer), for inspection
+    pix = np.zeros((2, n, h, w, 2), np.float32)
+    vis_layer = np.argmax(np.asarray(ldi.visible), axis=0)
+    sel = np.asarray(cloud.valid) & (np.asarray(cloud.layer) == vis_layer[
+        np.asarray(cloud.uv[:, 1], np.int64), np.asarray(cloud.uv[:, 0], np.int64)])
+    vi = np.asarray(cloud.uv[sel, 1], np.int64)
+    ui = np.asarray(cloud.uv[sel, 0], np.int64)
+    pix[0][:, vi, ui] = np.asarray(disp["forward"])[:, sel]
+    pix[1][:, vi, ui] = np.asarray(disp["backward"])[:, sel]
+    mark("outputs")
+    stages.close()
+
+    stats = {
+        "num_points": cloud.num_points,
+        "points_dropped_capacity": cloud.num_dropped,
+        "point_capacity": int(cloud.uv.shape[0]),
+        "num_layers": int(ldi.num_layers),
+        "points_behind_camera": int(counts["num_behind"]),
+        "points_offscreen": int(counts["num_offscreen"]),
+        "timings_s": timings,
+        "frames": n,
+        "size": [h, w],
+    }
+    return AnimateResult(
+        frames=frames,
+        image=img,
+        depth=d,
+        ldi=ldi,
+        flow=flow_field,
+        mask=m,
+        hints=hint_list,
+        displacement={"forward": pix[0], "backward": pix[1]},
+        poses=P,
+        K=Ks,
+        stats=stats,
+    )
+
+
+def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progress=True, outputs=("rgb",)):
+    """Render all frames in jitted chunks split over the devices of `mesh` (default: all devices).
+
+    Returns (frames [N, H, W, 3] float32 NumPy, dict of summed drop counts). Extra outputs named in
+    `outputs` (e.g. "alpha", "depth") are returned in the counts dict under their names.
+    """
+    mesh = render.make_mesh() if mesh is None else mesh
+    ndev = mesh.devices.size
+    n = len(poses)
+    chunk = max(ndev, int(math.ceil(cfg.render.chunk / ndev)) * ndev)
+    chunk = min(chunk, int(math.ceil(n / ndev)) * ndev)
+    opts = render.render_options(cfg)
+    scene_arrays = {
+        "uv": jnp.asarray(cloud.uv),
+        "z": jnp.asarray(cloud.z),
+        "features": jnp.asarray(cloud.features),
+        "K_ref": jnp.asarray(K_ref, jnp.float32),
+    }
+    fn = render.make_chunk_renderer(scene_arrays, tuple(size), opts, render.IdentityDecoder(), mesh, outputs)
+    time = np.asarray(disp["time"])
+    frames = {k: [] for k in outputs}
+    counts = {"num_behind": 0, "num_offscreen": 0}
+    bar = tqdm(total=n, desc="render", unit="frame", disable=not progress)
+    for start in range(0, n, chunk):
+        idx = np.arange(start, start + chunk)
+        real = idx < n
+        idx = np.minimum(idx, n - 1)  # pad the last chunk by repeating the last frame (static shape)
+        out = fn(
+            disp["forward"][idx],
+            disp["backward"][idx],
+            disp["forward_valid"][idx],
+            disp["backward_valid"][idx],
+            jnp.asarray(time[idx]),
+            jnp.asarray(poses[idx]),
+            jnp.asarray(Ks[idx]),
+        )
+        out = jax.device_get(out)
+        for k in outputs:
+            frames[k].append(np.asarray(out[k])[real])
+        counts["num_behind"] += int(np.asarray(out["num_behind"])[real].sum())
+        counts["num_offscreen"] += int(np.asarray(out["num_offscreen"])[real].sum())
+        bar.update(int(real.sum()))
+    bar.close()
+    result = {k: np.concatenate(v, axis=0) for k, v in frames.items()}
+    for k in outputs:
+        if k != "rgb":
+            counts[k] = result[k]
+    return result["rgb"].astype(np.float32), counts
