@@ -15,10 +15,9 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
-from kernels.grid import INIT_RANGE, GridSpec
+from kernels.grid import INIT_RANGE, GridSpec, grid_corners
 
 __all__ = [
     "Grid4D",
@@ -28,39 +27,6 @@ __all__ = [
     "static_to_dynamic",
     "temporal_tv_loss",
 ]
-
-# Corner k takes +1 on axis d when bit d of k is set (same order as kernels/grid.py).
-_CORNERS = np.array([[(k >> d) & 1 for d in range(3)] for k in range(8)], np.uint32)
-
-
-def grid_corners(x, spec):
-    """Table rows and trilinear weights of the 8 lattice corners of every level (kernels/grid.py math).
-
-    x: [N, 3] world points. Returns (rows [N, L, 8] int32 into a [spec.total_entries, F] table,
-    weights [N, L, 8] float32, inside [N] bool). grid_lookup(table, x, spec) equals
-    sum_k weights[..., k] * table[rows[..., k]] for inside points and 0 outside.
-    """
-    # TODO(lead): kernels/grid.py should export this split (rows/weights) so the formulas live once.
-    x = jnp.asarray(x, jnp.float32)
-    u = (x + spec.bound) / (2.0 * spec.bound)
-    inside = jnp.all((u >= 0.0) & (u <= 1.0), axis=-1)
-    u = jnp.where(inside[:, None], u, 0.0)
-    scales = jnp.asarray(np.array(spec.level_scales, np.float32))
-    pos = u[:, None, :] * scales[None, :, None] + 0.5  # [N, L, 3]
-    base = jnp.floor(pos)
-    frac = pos - base
-    corners = jnp.asarray(_CORNERS)
-    cell = base.astype(jnp.uint32)[:, :, None, :] + corners[None, None]  # [N, L, 8, 3]
-    strides = jnp.asarray(np.array(spec.level_strides, np.uint32))
-    sizes = jnp.asarray(np.array(spec.level_table_sizes, np.uint32))
-    offsets = jnp.asarray(np.array(spec.level_offsets[:-1], np.uint32))
-    # uint32 products wrap like the official CUDA index before the modulo.
-    lin = jnp.sum(cell * strides[None, :, None, :], axis=-1, dtype=jnp.uint32)
-    rows = (lin % sizes[None, :, None] + offsets[None, :, None]).astype(jnp.int32)
-    bits = corners.astype(bool)
-    w = jnp.prod(jnp.where(bits[None, None], frac[:, :, None, :], 1.0 - frac[:, :, None, :]), axis=-1)
-    return rows, w, inside
-
 
 def _check_level_mask(level_mask, num_levels):
     if level_mask is None:
