@@ -1,0 +1,394 @@
+"""Fit a DynamicField to posed, timed images (4D reconstruction; `four-d fit DATA_DIR --out DIR`).
+
+Sections (big_vision style): data -> mesh -> model/optimiser -> state (fresh or resumed) -> jitted
+step -> loop (metrics JSON lines, checkpoints) -> evaluation (held-out PSNR/SSIM JSON, orbit mp4).
+
+- Data: a folder written by four_d.scenes.write_dataset (frames + cameras.json; "split" train/test).
+- Loss: photometric MSE over random ray batches drawn from random (train frame, pixel) pairs, plus
+  lambda_time_tv * temporal TV of the time grids (official run-dynamic.sh --lambda_time_tv 0.1).
+- Optimiser: Adam(0.9, 0.99, eps 1e-15), grid tables lr 1e-2 and MLP lr 1e-3 (official, via
+  optax.multi_transform on the param path), optional value clipping (official clip_grad_value_ 1).
+- Determinism: the step's PRNG key is fold_in(PRNGKey(seed), step) and the batch indices are drawn
+  from it, so the data order is a function of the step; a resumed run replays exactly the same steps
+  as an uninterrupted one (bit-identical params on the same machine and device count).
+- Scaling: one Mesh over the devices with axis "data"; the ray batch is sharded on it
+  (with_sharding_constraint), params/optimiser state replicated; the step is jitted with explicit
+  shardings and donates the state.
+- Checkpoints: orbax CheckpointManager with named items "state" (StandardSave) and "config" (JSON).
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from four_d import metrics as metrics_lib
+from four_d import render as render_lib
+from four_d.field import field_from_config
+from four_d.grid4d import grid_spec_from_config, temporal_tv_loss
+from kernels.camera import camera_rays
+
+
+class DatasetError(ValueError):
+    """A data folder that four_d/fit.py cannot read."""
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+
+
+def load_dataset(data_dir):
+    """Read DATA_DIR/cameras.json and its frames.
+
+    Returns dict(images [N, H, W, 3] float32 in [0, 1], poses [N, 4, 4], K [3, 3], times [N],
+    split [N] (str), background [3], height, width).
+    """
+    import imageio.v3 as iio
+
+    path = os.path.join(data_dir, "cameras.json")
+    if not os.path.isfile(path):
+        raise DatasetError(f"four_d/fit.py: {path} not found (write one with `four-d make-scene DIR`)")
+    with open(path) as f:
+        meta = json.load(f)
+    frames = meta.get("frames") or []
+    if not frames:
+        raise DatasetError(f"four_d/fit.py: {path} lists no frames")
+    images = []
+    for fr in frames:
+        img = np.asarray(iio.imread(os.path.join(data_dir, fr["file"])), np.float32) / 255.0
+        if img.ndim != 3 or img.shape[-1] < 3:
+            raise DatasetError(f"four_d/fit.py: {fr['file']} is not an RGB image (shape {img.shape})")
+        images.append(img[..., :3])
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise DatasetError(f"four_d/fit.py: frames in {data_dir} have different sizes {sorted(shapes)}")
+    images = np.stack(images)
+    return {
+        "images": images,
+        "poses": np.asarray([fr["pose"] for fr in frames], np.float32),
+        "K": np.asarray(meta["K"], np.float32),
+        "times": np.asarray([fr["time"] for fr in frames], np.float32),
+        "split": np.asarray([fr.get("split", "train") for fr in frames]),
+        "background": np.asarray(meta.get("background", [1.0, 1.0, 1.0]), np.float32),
+        "height": images.shape[1],
+        "width": images.shape[2],
+    }
+
+
+def frame_rays(data, split="train"):
+    """All rays of one split: dict(origins, directions, rgb [N, H*W, 3], times [N], poses, index)."""
+    idx = np.nonzero(data["split"] == split)[0]
+    if idx.size == 0:
+        raise DatasetError(f"four_d/fit.py: the dataset has no {split!r} frames")
+    h, w = data["height"], data["width"]
+    K = jnp.asarray(data["K"])
+    o, d = jax.vmap(lambda p: camera_rays(p, K, h, w))(jnp.asarray(data["poses"][idx]))
+    return {
+        "origins": o.reshape(idx.size, h * w, 3),
+        "directions": d.reshape(idx.size, h * w, 3),
+        "rgb": jnp.asarray(data["images"][idx]).reshape(idx.size, h * w, 3),
+        "times": jnp.asarray(data["times"][idx]),
+        "poses": jnp.asarray(data["poses"][idx]),
+        "index": idx,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# model, optimiser, state
+# ------------------------------------------------------------------------------------------------
+
+
+def make_mesh(num_devices=None):
+    """1D Mesh with axis "data" over the first num_devices devices (default all)."""
+    devs = jax.devices()
+    n = len(devs) if num_devices is None else int(num_devices)
+    if not 1 <= n <= len(devs):
+        raise ValueError(f"four_d/fit.py make_mesh: num_devices must be in [1, {len(devs)}], got {n}")
+    return Mesh(np.array(devs[:n]), ("data",))
+
+
+def _param_label(path, _leaf):
+    return "grid" if "tables" in path else "mlp"
+
+
+def make_optimizer(config):
+    """Adam per official settings: grid tables lr_grid, everything else lr_mlp (multi_transform)."""
+    o = config.optim
+
+    def adam(lr):
+        return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+
+    tx = optax.multi_transform(
+        {"grid": adam(o.lr_grid), "mlp": adam(o.lr_mlp)},
+        lambda params: traverse_util.path_aware_map(_param_label, params),
+    )
+    if o.get("grad_clip", 0.0) and o.grad_clip > 0:
+        # official torch.nn.utils.clip_grad_value_(params, grad_clip) before the Adam step
+        tx = optax.chain(optax.clip(o.grad_clip), tx)
+    return tx
+
+
+def init_state(config, model, optimizer, seed=None):
+    """Fresh train state dict(params, opt_state, step int32)."""
+    seed = config.seed if seed is None else seed
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 3)), jnp.zeros((1,)))["params"]
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def step_key(seed, step):
+    """The PRNG key of one training step: a pure function of (seed, step)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+
+
+def make_train_step(config, model, optimizer, rays, background, mesh):
+    """Jitted step(state, rays) -> (state, metrics) with donated state.
+
+    rays: frame_rays(...) dict (replicated); the batch of config.fit.batch_rays rays is drawn inside the
+    step from step_key(seed, step) and sharded over mesh axis "data".
+    """
+    batch = int(config.fit.batch_rays)
+    ndev = mesh.shape["data"]
+    if batch % ndev:
+        raise ValueError(f"four_d/fit.py: fit.batch_rays={batch} must be a multiple of the {ndev} devices")
+    field_apply = render_lib.make_field_apply(model)
+    spec = grid_spec_from_config(config.grid)
+    rc = config.render
+    seed = int(config.seed)
+    lam_tv = float(config.reg.lambda_time_tv)
+    bg = jnp.asarray(background, jnp.float32)
+    rep = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
+
+    def step_fn(state, rays):
+        step = state["step"]
+        k_frame, k_pix, k_render, k_tv = jax.random.split(step_key(seed, step), 4)
+        nf, npix = rays["rgb"].shape[:2]
+        f = jax.random.randint(k_frame, (batch,), 0, nf)
+        p = jax.random.randint(k_pix, (batch,), 0, npix)
+        shard = lambda a: jax.lax.with_sharding_constraint(a, data_sharding)
+        o = shard(rays["origins"][f, p])
+        d = shard(rays["directions"][f, p])
+        gt = shard(rays["rgb"][f, p])
+        t = shard(rays["times"][f])
+
+        def loss_fn(params):
+            out = render_lib.render_rays(field_apply, params, o, d, t, k_render, num_samples=rc.num_samples,
+                                         bound=rc.bound, min_near=rc.min_near, bg=bg, jitter=rc.jitter)
+            mse = jnp.mean((out["rgb"] - gt) ** 2)
+            tv = temporal_tv_loss(params["grid"]["tables"], k_tv, spec, config.reg.tv_points)
+            return mse + lam_tv * tv, (mse, tv)
+
+        (loss, (mse, tv)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new = {"params": params, "opt_state": opt_state, "step": step + 1}
+        return new, {"loss": loss, "mse": mse, "time_tv": tv, "psnr": metrics_lib.mse_to_psnr(mse)}
+
+    return jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_manager(out_dir, config):
+    opts = ocp.CheckpointManagerOptions(max_to_keep=int(config.fit.max_checkpoints), create=True,
+                                        enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, "checkpoints")), options=opts,
+                                 item_names=("state", "config"))
+
+
+def save_checkpoint(mngr, state, config):
+    step = int(state["step"])
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(config.to_dict())), force=True)
+    mngr.wait_until_finished()
+
+
+def restore_checkpoint(mngr, abstract_state):
+    """Latest (state, config dict), or (None, None) without checkpoints."""
+    step = mngr.latest_step()
+    if step is None:
+        return None, None
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                     config=ocp.args.JsonRestore()))
+    return out["state"], out["config"]
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def make_renderer(config, model, h, w, background, mesh=None):
+    """Deterministic image renderer fn(params, pose, K, t) (no jitter) for evaluation and videos."""
+    rc = config.render
+    fn = render_lib.make_image_renderer(
+        render_lib.make_field_apply(model), h, w, chunk=int(rc.chunk), mesh=mesh,
+        num_samples=rc.num_samples, bound=rc.bound, min_near=rc.min_near,
+        bg=jnp.asarray(background, jnp.float32), jitter=False)
+    return lambda params, pose, K, t: fn(params, pose, K, jnp.float32(t), None)
+
+
+def evaluate(renderer, params, data, split="test"):
+    """Mean PSNR/SSIM over one split's frames: dict(psnr, ssim, lpips, per_frame psnr list)."""
+    idx = np.nonzero(data["split"] == split)[0]
+    if idx.size == 0:
+        raise DatasetError(f"four_d/fit.py: the dataset has no {split!r} frames to evaluate")
+    per = []
+    K = jnp.asarray(data["K"])
+    for i in idx:
+        pred = renderer(params, jnp.asarray(data["poses"][i]), K, float(data["times"][i]))["rgb"]
+        per.append(metrics_lib.image_metrics(np.clip(np.asarray(pred), 0, 1), data["images"][i]))
+    out = {k: (None if per[0][k] is None else float(np.mean([p[k] for p in per]))) for k in per[0]}
+    out["per_frame_psnr"] = [p["psnr"] for p in per]
+    return out
+
+
+def render_orbit_video(renderer, params, config, h, path, fps=25):
+    """mp4 of num_test_frames frames on the official test orbit (polar 90), time k / F, frame k at view k."""
+    import imageio.v2 as iio2
+
+    from four_d.cameras import orbit_cameras
+
+    cc = config.cameras
+    n = int(cc.num_test_frames)
+    cams = orbit_cameras(n, polar=cc.test_polar, radius=cc.radius, fovy=cc.fovy, size=h)
+    frames = []
+    for k in range(n):
+        rgb = renderer(params, cams["poses"][k], cams["K"], k / n)["rgb"]
+        frames.append((np.clip(np.asarray(rgb), 0, 1) * 255).round().astype(np.uint8))
+    iio2.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# loop
+# ------------------------------------------------------------------------------------------------
+
+
+def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, video=True, evaluate_initial=True):
+    """Train on DATA_DIR's train frames, write metrics/checkpoints/results into OUT_DIR.
+
+    Returns dict(results written to OUT_DIR/results.json, "params": final params).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    data = load_dataset(data_dir)
+    h, w = data["height"], data["width"]
+    mesh = make_mesh() if mesh is None else mesh
+    rep = NamedSharding(mesh, P())
+    model = field_from_config(config)
+    optimizer = make_optimizer(config)
+    rays = jax.device_put(frame_rays(data, "train"), rep)
+    rays = {k: v for k, v in rays.items() if k in ("origins", "directions", "rgb", "times")}
+
+    mngr = checkpoint_manager(out_dir, config)
+    state = None
+    if resume:
+        abstract = jax.eval_shape(lambda: init_state(config, model, optimizer))
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+        state, _ = restore_checkpoint(mngr, abstract)
+    start_fresh = state is None
+    if start_fresh:
+        state = init_state(config, model, optimizer)
+    state = jax.device_put(state, rep)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=1))
+
+    renderer = make_renderer(config, model, h, w, data["background"], mesh)
+    has_test = bool(np.any(data["split"] == "test"))
+    results = {}
+    if evaluate_initial and start_fresh and has_test:
+        results["initial_test"] = evaluate(renderer, state["params"], data)
+
+    step_fn = make_train_step(config, model, optimizer, rays, data["background"], mesh)
+    iters = int(config.fit.iterations)
+    first = int(state["step"])
+    log_path = os.path.join(out_dir, "metrics.jsonl")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=iters, initial=first, desc="four-d fit", leave=False)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        for step in range(first, iters):
+            state, m = step_fn(state, rays)
+            done = step + 1
+            if done % int(config.fit.log_every) == 0 or done == iters:
+                row = {"step": done, **{k: float(v) for k, v in m.items()}, "time": time.perf_counter() - t0}
+                if jax.process_index() == 0:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", psnr=f"{row['psnr']:.2f}")
+            if done % int(config.fit.checkpoint_every) == 0 or done == iters:
+                save_checkpoint(mngr, state, config)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    mngr.close()
+
+    params = state["params"]
+    results["iterations"] = iters
+    results["train_seconds"] = time.perf_counter() - t0
+    if has_test:
+        results["test"] = evaluate(renderer, params, data)
+    if video:
+        results["video"] = render_orbit_video(renderer, params, config, h, os.path.join(out_dir, "orbit.mp4"))
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return {**results, "params": params}
+
+
+def config_with_overrides(config, overrides):
+    """Apply "a.b=value" strings to a ConfigDict, parsing value with the type of the existing key."""
+    import ast
+
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"four_d/fit.py: override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = config
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if p not in node:
+                raise ValueError(f"four_d/fit.py: unknown config section {p!r} in {key!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"four_d/fit.py: unknown config key {key!r}")
+        old = node[parts[-1]]
+        if isinstance(old, bool):
+            val = raw.lower() in ("1", "true", "yes", "on")
+        elif isinstance(old, str):
+            val = raw
+        else:
+            try:
+                val = ast.literal_eval(raw)
+            except (ValueError, SyntaxError) as e:
+                raise ValueError(f"four_d/fit.py: cannot parse {raw!r} for {key!r}") from e
+            if isinstance(old, float) and isinstance(val, int):
+                val = float(val)
+        with config.unlocked() if isinstance(config, ml_collections.ConfigDict) else _null():
+            node[parts[-1]] = val
+    return config
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
