@@ -46,18 +46,19 @@ class PointCloud:
     num_dropped: int
 
 
-def _capacity(num, capacity, multiple=1024):
-    if capacity is None:
-        capacity = num
-    return max(multiple, int(math.ceil(capacity / multiple)) * multiple)
+def _capacity(num, capacity, multiple=16384):
+    """Static point count: the real count rounded up to `multiple` (so similar images share a compiled
+    renderer), at most `capacity` (the configured maximum; points beyond it are dropped and counted)."""
+    fit = max(multiple, int(math.ceil(num / multiple)) * multiple)
+    return fit if capacity is None else min(fit, int(capacity))
 
 
 def build_point_cloud(ldi, *, features=None, alpha_threshold=0.5, capacity=None, order_eps=1.01):
     """Points from every LDI pixel with alpha > alpha_threshold (official: 0.5, inpainted pixels too).
 
     ldi: an LDI with rgba [L, H, W, 4], depth [L, H, W]. features: optional [L, H, W, C] per-layer
-    feature maps (default: the RGBA itself). capacity: static number of points (rounded up to a multiple
-    of 1024); None fits the cloud exactly.
+    feature maps (default: the RGBA itself). capacity: the maximum static number of points; the cloud
+    is padded to its point count rounded up to a multiple of 16384 (invalid padding), at most capacity.
 
     Layer ordering (official fix): a point of layer i > 0 that is not behind every nearer layer's point
     at the same pixel is pushed to that depth times `order_eps`.

@@ -55,7 +55,7 @@ def get_config(arg=None):
     c.scene.visible_erode = 5  # official mask_i = erode5x5(mask_layer_i)
     c.scene.order_eps = 1.05  # a point not behind the nearer layers is pushed to prev * 1.05 (official
     #                            1.01; 1.05 keeps it clearly behind under the soft z-test, depth_tau)
-    c.scene.capacity_factor = 2.0  # static point capacity = factor * H * W (overflow counted)
+    c.scene.capacity_factor = 2.0  # maximum static point capacity = factor * H * W (overflow counted)
     c.scene.features = "rgba"  # per-point features: "rgba" (default) or a learned feature net later
 
     # --- splatting and blending (kernels/splat.py, cine_jax/render.py) -----------------------------
