@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import Bench, time_callable
+from configs import cinemagraph
 from kernels import camera, splat
 
 SPLAT_TARGET_S = 1.0
@@ -111,12 +112,14 @@ def bench_splat(bench, quick, repeats):
     pts, feats, K = ldi_scene(size, channels)
     tp, tf, tk = (torch.from_numpy(np.array(a)) for a in (pts, feats, K))
     # Official adaptive_pts_radius: 1.5 * z before / z after the move (the scene moved 0.05 closer),
-    # with the settings of configs/cinemagraph.py (max_radius 3, depth_tau 0.01, core_fraction 0.5).
-    adaptive = np.clip(1.5 * (pts[:, 2] + 0.05) / pts[:, 2], 0.25, 3.0).astype(np.float32)
-    cases = [
-        ("radius 1.5", 1.5, {}),
-        ("adaptive radius, max 3, config", adaptive, dict(max_radius=3.0, depth_tau=0.01, core_fraction=0.5)),
-    ]
+    # clipped to max_radius, with the splat settings of configs/cinemagraph.py, and with max_radius 2
+    # (21 taps instead of 9) to show what a larger footprint costs.
+    r = cinemagraph.get_config().render
+    conf = dict(depth_tau=r.depth_tau, core_fraction=r.core_fraction, sigma=r.splat_sigma)
+    cases = [("radius 1.5", 1.5, {})]
+    for max_r in (r.max_radius, 2.0):
+        adaptive = np.clip(1.5 * (pts[:, 2] + 0.05) / pts[:, 2], 0.25, max_r).astype(np.float32)
+        cases.append((f"adaptive radius, max {max_r:g}, config", adaptive, dict(max_radius=max_r, **conf)))
     rows = []
     for label, radius, kw in cases:
         if isinstance(radius, float):

@@ -1,0 +1,54 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import mathx
+
+
+def test_safe_exp_values_and_gradients():
+    x = jnp.array([-100.0, 0.0, 1.0, 88.0, 1000.0])
+    y = np.asarray(mathx.safe_exp(x))
+    np.testing.assert_allclose(y[:4], np.exp(np.array([-100.0, 0.0, 1.0, 88.0])), rtol=1e-6, atol=1e-30)
+    assert np.isfinite(y).all() and y[4] == y[3]  # clamped at 88
+    g = np.asarray(jax.vmap(jax.grad(mathx.safe_exp))(x))
+    np.testing.assert_allclose(g, y, rtol=1e-6)  # d/dx exp = exp, also at the clamp
+    assert np.isfinite(g).all()
+
+
+def test_trunc_exp_forward_is_exp_backward_is_clamped():
+    x = jnp.array([-20.0, 0.0, 3.0, 15.0, 30.0])
+    np.testing.assert_allclose(np.asarray(mathx.trunc_exp(x)), np.exp(np.asarray(x)), rtol=1e-6)
+    g = np.asarray(jax.vmap(jax.grad(mathx.trunc_exp))(x))
+    np.testing.assert_allclose(g, np.exp(np.clip(np.asarray(x), -15, 15)), rtol=1e-6)
+
+
+def test_safe_div_zero_denominator_value_and_gradient():
+    n = jnp.array([1.0, 2.0, 3.0])
+    d = jnp.array([2.0, 0.0, 1e-12])
+    np.testing.assert_allclose(np.asarray(mathx.safe_div(n, d)), [0.5, 0.0, 0.0])
+    gn, gd = jax.vmap(jax.grad(mathx.safe_div, argnums=(0, 1)))(n, d)
+    np.testing.assert_allclose(np.asarray(gn), [0.5, 0.0, 0.0])
+    np.testing.assert_allclose(np.asarray(gd), [-0.25, 0.0, 0.0])
+
+
+def test_safe_log_and_sqrt_finite_at_zero():
+    for fn, ref in ((mathx.safe_log, np.log), (mathx.safe_sqrt, np.sqrt)):
+        x = jnp.array([0.0, -1.0, 4.0])
+        y = np.asarray(fn(x))
+        np.testing.assert_allclose(y[2], ref(4.0), rtol=1e-6)
+        assert np.isfinite(y).all()
+        assert np.isfinite(np.asarray(jax.vmap(jax.grad(fn))(x))).all()
+
+
+def test_safe_normalize_unit_length_zero_vector_and_jacobian(rng):
+    v = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    n = np.asarray(mathx.safe_normalize(v))
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(mathx.safe_normalize(jnp.zeros(3))), 0.0)
+    jac0 = np.asarray(jax.jacobian(mathx.safe_normalize)(jnp.zeros(3)))
+    np.testing.assert_array_equal(jac0, np.zeros((3, 3)))
+    # closed-form Jacobian (I - n n^T) / |v|
+    x = v[0]
+    jac = np.asarray(jax.jacobian(mathx.safe_normalize)(x))
+    nn = n[0]
+    np.testing.assert_allclose(jac, (np.eye(3) - np.outer(nn, nn)) / np.linalg.norm(np.asarray(x)), atol=1e-5)
