@@ -11,42 +11,7 @@ import os
 import sys
 
 from configs import cinemagraph as cinemagraph_config
-
-
-def apply_overrides(config, overrides):
-    """Apply `--config.a.b=value` strings to an ml_collections ConfigDict, casting to the existing type."""
-    for item in overrides:
-        if not item.startswith("--config."):
-            raise SystemExit(f"error: unrecognized argument {item!r}")
-        body = item[len("--config.") :]
-        if "=" not in body:
-            raise SystemExit(f"error: config override {item!r} needs the form --config.key=value")
-        key, value = body.split("=", 1)
-        node = config
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if p not in node:
-                raise SystemExit(f"error: unknown config key {key!r}")
-            node = node[p]
-        last = parts[-1]
-        if last not in node:
-            raise SystemExit(f"error: unknown config key {key!r}")
-        old = node[last]
-        try:
-            if isinstance(old, bool):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                new = value.lower() in ("true", "1")
-            elif isinstance(old, int):
-                new = int(value)
-            elif isinstance(old, float):
-                new = float(value)
-            else:
-                new = value
-        except ValueError:
-            raise SystemExit(f"error: config key {key!r} expects {type(old).__name__}, got {value!r}") from None
-        node[last] = new
-    return config
+from configs.overrides import apply_overrides, split_overrides
 
 
 def _parser():
@@ -90,7 +55,10 @@ def cmd_animate(args, overrides):
     from cine_jax import outputs, pipeline
 
     cfg = cinemagraph_config.get_config(args.config or None)
-    apply_overrides(cfg, overrides)
+    try:
+        apply_overrides(cfg, overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.fps is not None:
         if args.fps <= 0:
             raise SystemExit("error: --fps must be positive")
@@ -126,8 +94,7 @@ def cmd_animate(args, overrides):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    known = [a for a in argv if not a.startswith("--config.")]
-    overrides = [a for a in argv if a.startswith("--config.")]
+    known, overrides = split_overrides(argv)
     args = _parser().parse_args(known)
     if args.command == "sample":
         return cmd_sample(args)

@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from configs.overrides import apply_overrides, split_overrides
+
 
 def _parser():
     p = argparse.ArgumentParser(prog="four-d", description="image-to-4D tools (cine-jax four_d)")
@@ -41,8 +43,7 @@ def _parser():
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     # --config.a.b=value overrides are pulled out before argparse sees them.
-    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-    argv = [a for a in argv if not a.startswith("--config.")]
+    argv, overrides = split_overrides(argv)
     args = _parser().parse_args(argv)
 
     if args.command == "make-scene":
@@ -60,7 +61,10 @@ def main(argv=None):
     from configs.four_d import get_config
     from four_d import fit as fit_lib
 
-    config = fit_lib.config_with_overrides(get_config(args.config), overrides)
+    try:
+        config = apply_overrides(get_config(args.config), overrides)
+    except ValueError as e:
+        raise SystemExit(f"four-d: error: {e}") from None
     mesh = fit_lib.make_mesh(args.devices)
     res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
                       progress=not args.no_progress, video=not args.no_video)

@@ -23,7 +23,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -353,42 +352,3 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     return {**results, "params": params}
 
 
-def config_with_overrides(config, overrides):
-    """Apply "a.b=value" strings to a ConfigDict, parsing value with the type of the existing key."""
-    import ast
-
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"four_d/fit.py: override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        node = config
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if p not in node:
-                raise ValueError(f"four_d/fit.py: unknown config section {p!r} in {key!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"four_d/fit.py: unknown config key {key!r}")
-        old = node[parts[-1]]
-        if isinstance(old, bool):
-            val = raw.lower() in ("1", "true", "yes", "on")
-        elif isinstance(old, str):
-            val = raw
-        else:
-            try:
-                val = ast.literal_eval(raw)
-            except (ValueError, SyntaxError) as e:
-                raise ValueError(f"four_d/fit.py: cannot parse {raw!r} for {key!r}") from e
-            if isinstance(old, float) and isinstance(val, int):
-                val = float(val)
-        with config.unlocked() if isinstance(config, ml_collections.ConfigDict) else _null():
-            node[parts[-1]] = val
-    return config
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

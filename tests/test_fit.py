@@ -10,6 +10,7 @@ import pytest
 import skimage.metrics
 
 from configs.four_d import get_config
+from configs.overrides import apply_overrides
 from four_d import cli, metrics, render, scenes
 from four_d import fit as fit_lib
 from four_d.field import field_from_config
@@ -46,11 +47,11 @@ def test_psnr_ssim_against_skimage(rng):
 
 
 def test_config_overrides():
-    c = fit_lib.config_with_overrides(get_config("tiny"), ["fit.iterations=7", "optim.lr_grid=1", "render.bg=white"])
+    c = apply_overrides(get_config("tiny"), ["fit.iterations=7", "optim.lr_grid=1", "render.bg=white"])
     assert c.fit.iterations == 7 and c.optim.lr_grid == 1.0 and isinstance(c.optim.lr_grid, float)
     assert c.render.bg == "white"
     with pytest.raises(ValueError, match="unknown config key"):
-        fit_lib.config_with_overrides(get_config("tiny"), ["fit.nope=1"])
+        apply_overrides(get_config("tiny"), ["fit.nope=1"])
 
 
 def test_short_fit_improves_heldout_psnr(dataset, tmp_path):
