@@ -261,15 +261,8 @@ def splat_points(
     }
 
 
-def splat_points_batched(points, features, K, image_size, radius=1.5, *, valid=None, max_radius=None, **kw):
-    """`splat_points` over a batch (vmap).
-
-    points [B, N, 3], features [B, N, C], K [3, 3] (shared) or [B, 3, 3]; radius a python float or an
-    array [B, N] (or [N], shared); valid optional [B, N]. Other keywords as `splat_points`. Returns the
-    same dict with a leading batch axis ([B, H, W, C], ..., counts [B]).
-    """
-    where = "kernels.splat.splat_points_batched"
-    max_radius = _resolve_max_radius(radius, max_radius, where)
+def _batch_args(points, features, K, valid, where):
+    """Validate batched inputs: points [B, N, 3], features [B, N, C], K [3, 3] or [B, 3, 3], valid [B, N]."""
     points = jnp.asarray(points)
     features = jnp.asarray(features)
     K = jnp.asarray(K)
@@ -280,9 +273,23 @@ def splat_points_batched(points, features, K, image_size, radius=1.5, *, valid=N
         K = jnp.broadcast_to(K, (b, 3, 3))
     if K.shape != (b, 3, 3):
         raise ValueError(f"{where}: `K` must be [3, 3] or [B, 3, 3] = [{b}, 3, 3], got {K.shape}")
-    valid = jnp.ones((b, n), bool) if valid is None else jnp.asarray(valid)
+    valid = jnp.ones((b, n), bool) if valid is None else jnp.asarray(valid, bool)
     if valid.shape != (b, n):
         raise ValueError(f"{where}: `valid` must be [B, N] = [{b}, {n}], got {valid.shape}")
+    return points, features, K, valid
+
+
+def splat_points_batched(points, features, K, image_size, radius=1.5, *, valid=None, max_radius=None, **kw):
+    """`splat_points` over a batch (vmap).
+
+    points [B, N, 3], features [B, N, C], K [3, 3] (shared) or [B, 3, 3]; radius a python float or an
+    array [B, N] (or [N], shared); valid optional [B, N]. Other keywords as `splat_points`. Returns the
+    same dict with a leading batch axis ([B, H, W, C], ..., counts [B]).
+    """
+    where = "kernels.splat.splat_points_batched"
+    max_radius = _resolve_max_radius(radius, max_radius, where)
+    points, features, K, valid = _batch_args(points, features, K, valid, where)
+    b, n = points.shape[:2]
 
     if _is_number(radius):
         fn = lambda p, f, k, m: splat_points(
@@ -326,15 +333,8 @@ def splat_points_sharded(
         mesh = Mesh(np.asarray(jax.devices()), (axis,))
     if axis not in mesh.shape:
         raise ValueError(f"{where}: mesh has axes {tuple(mesh.shape)}, not {axis!r}")
-    points = jnp.asarray(points)
-    features = jnp.asarray(features)
-    K = jnp.asarray(K)
-    if points.ndim != 3 or features.ndim != 3 or points.shape[:2] != features.shape[:2]:
-        raise ValueError(f"{where}: need points [B, N, 3] and features [B, N, C], got {points.shape}, {features.shape}")
+    points, features, K, valid = _batch_args(points, features, K, valid, where)
     b, n = points.shape[:2]
-    if K.ndim == 2:
-        K = jnp.broadcast_to(K, (b, 3, 3))
-    valid = jnp.ones((b, n), bool) if valid is None else jnp.asarray(valid, bool)
     has_radius_array = not _is_number(radius)
     radius_arr = (
         jnp.broadcast_to(jnp.asarray(radius, points.dtype), (b, n)) if has_radius_array else jnp.zeros((b, n))
