@@ -176,17 +176,15 @@ def _cameras(trajectory, poses, num_frames, size, cfg):
     K0 = reference_intrinsics(h, w)
     if poses is not None:
         if _is_path(poses):
-            K, P = io.load_cameras(poses, size=size)
+            cams = trajectories.cameras_from_json(poses, num_frames=num_frames, size=size)
+            K, P = np.asarray(cams["K"], np.float32), np.asarray(cams["poses"], np.float32)
         else:
             K, P = K0, np.asarray(poses, np.float32)
             if P.ndim != 3 or P.shape[1:] != (4, 4):
                 raise ValueError(f"poses must be [N, 4, 4] world-to-camera matrices, got {P.shape}")
-        K = np.asarray(K, np.float32)
-        P = np.asarray(P, np.float32)
-        if num_frames is not None and num_frames != len(P):
-            raise ValueError(f"--frames {num_frames} disagrees with the {len(P)} poses given")
-        Ks = np.broadcast_to(K, (len(P), 3, 3)).copy()
-        return P, Ks, K0
+            if num_frames is not None and num_frames != len(P):
+                raise ValueError(f"num_frames {num_frames} disagrees with the {len(P)} poses given")
+        return P, np.broadcast_to(K, (len(P), 3, 3)).copy(), K0
     traj = trajectories.make_trajectory(
         trajectory, num_frames=num_frames, scale=cfg.trajectory.scale, scene_depth=cfg.depth.near
     )

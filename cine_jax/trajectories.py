@@ -28,11 +28,12 @@ Ours (the official make_swing/dolly_zoom helpers exist but are unused, so these 
   static      N=60  identity poses.
 """
 
-import importlib
 import math
 
 import jax.numpy as jnp
 import numpy as np
+
+from cine_jax import io
 
 __all__ = ["OFFICIAL_FRAMES", "TRAJECTORIES", "cameras_from_json", "make_trajectory"]
 
@@ -161,9 +162,6 @@ def cameras_from_json(path, num_frames=None, size=None):
     Returns dict(poses [N, 4, 4] float32, focal_scale [N] ones, K [3, 3] float32, name "json:<path>",
       num_frames).
     """
-    io = importlib.import_module("cine_jax.io")
-    if not hasattr(io, "load_cameras"):
-        raise NotImplementedError("cine_jax.io.load_cameras is not available")
     K, poses = io.load_cameras(path, size=size)
     poses = jnp.asarray(poses, jnp.float32)
     total = poses.shape[0]

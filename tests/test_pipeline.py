@@ -127,3 +127,21 @@ def test_cli_errors(tmp_path, capsys):
         cli.main(["animate", "x.jpg", "--out", str(tmp_path), "--config.render.nope=1"])
     with pytest.raises(SystemExit, match="expects float"):
         cli.main(["animate", "x.jpg", "--out", str(tmp_path), "--config.render.point_radius=big"])
+
+
+def test_explicit_cameras_json(tmp_path, plane):
+    K = pipeline.reference_intrinsics(48, 64)
+    poses = [np.eye(4).tolist()] + [
+        [[1, 0, 0, 0.02 * i], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]] for i in (1, 2)
+    ]
+    path = tmp_path / "cams.json"
+    path.write_text(json.dumps({"K": np.asarray(K).tolist(), "poses": poses}))
+    res = pipeline.animate(plane.image, depth=plane.depth, flow=plane.flow, poses=str(path), config=_cfg(),
+                           progress=False)
+    assert res.frames.shape[0] == 3
+    np.testing.assert_allclose(res.poses[2][0, 3], 0.04, rtol=1e-6)
+    assert _psnr(res.frames[0], plane.image) >= 40.0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"K": np.asarray(K).tolist(), "poses": [[[1, 0, 0], [0, 1, 0]]]}))
+    with pytest.raises(ValueError, match="bad.json"):
+        pipeline.animate(plane.image, depth=plane.depth, poses=str(bad), config=_cfg(), progress=False)
