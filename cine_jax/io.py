@@ -156,6 +156,21 @@ def rescale_points(points, from_size, to_size):
     return (points + 0.5) * s - 0.5
 
 
+ASPECT_TOLERANCE = 0.02  # a map may differ from its image in resolution, not in shape (2% slack)
+
+
+def _check_aspect(path, shape, image_size, what):
+    """A mask/depth/flow map must have the image's aspect ratio (any resolution): a map drawn for a
+    different picture would otherwise be stretched over this one without a word."""
+    if image_size is None:
+        return
+    h, w = shape[:2]
+    ih, iw = image_size
+    if abs((w / h) / (iw / ih) - 1.0) > ASPECT_TOLERANCE:
+        _fail(path, f"{what} is {w}x{h} but the image is {iw}x{ih}: the aspect ratios differ, so it does "
+                    "not belong to this image")
+
+
 def _resize(array, size, shrink=cv2.INTER_AREA, enlarge=cv2.INTER_LINEAR):
     """cv2.resize of ``[h, w]`` or ``[h, w, C]`` float32 to ``size (H, W)``; ``shrink`` when neither
     side grows, ``enlarge`` otherwise. Any channel count is handled (cv2 limits channels to 512)."""
@@ -255,8 +270,11 @@ def load_image(path, max_side=768, multiple_of=8):
     return out, info
 
 
-def load_mask(path, size):
+def load_mask(path, size, image_size=None):
     """Loads a motion mask and resizes it to ``size (H, W)``.
+
+    image_size: optional ``(h, w)`` of the image the mask belongs to; a mask of another aspect ratio is
+    an error (any resolution is accepted).
 
     Any non-zero pixel is motion (official ``scripts/generate_mask.py``); with an alpha channel a
     pixel must also be non-transparent. Resizing uses ``cv2.INTER_AREA`` (official: area
@@ -277,6 +295,7 @@ def load_mask(path, size):
         binary = arr != 0
     if not binary.any():
         _fail(path, "mask is empty (no non-zero pixel)")
+    _check_aspect(path, binary.shape, image_size, "the mask")
     out = cv2.resize(binary.astype(np.float32), (W, H), interpolation=cv2.INTER_AREA)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -595,7 +614,7 @@ def _read_png_disparity(path):
     return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
 
 
-def load_depth(path, size, kind="auto"):
+def load_depth(path, size, kind="auto", image_size=None):
     """Loads a depth or disparity map and returns z-depth at ``size (H, W)``.
 
     Args:
@@ -604,6 +623,7 @@ def load_depth(path, size, kind="auto"):
       kind: "depth" (values are z-depth), "disparity" (inverse depth, converted as the official
         demo: 5x5 median filter, ``1 / max(disp, 1e-6)``, scaled so the nearest pixel is 1) or
         "auto": ``.npy`` is depth, ``.pfm`` and ``.png`` are disparity (official DPT outputs).
+      image_size: optional ``(h, w)`` of the image; a map of another aspect ratio is an error.
     Returns:
       ``[H, W]`` float32 z-depth > 0. Resized with INTER_AREA when shrinking and INTER_LINEAR when
       enlarging (official ``resize_img``).
@@ -630,6 +650,7 @@ def load_depth(path, size, kind="auto"):
         arr = arr[..., 0]
     if arr.ndim != 2 or min(arr.shape) < 2:
         _fail(path, f"depth must be a 2-D map [h, w], got shape {arr.shape}")
+    _check_aspect(path, arr.shape, image_size, "the depth map")
     if not np.all(np.isfinite(arr)):
         _fail(path, f"{kind} contains {int(np.sum(~np.isfinite(arr)))} NaN/inf values")
     if kind == "depth":
@@ -650,7 +671,7 @@ def load_depth(path, size, kind="auto"):
     return out
 
 
-def load_flow(path, size=None):
+def load_flow(path, size=None, image_size=None):
     """Loads optical flow ``[h, w, 2]`` (dx, dy) px/frame from ``.npy`` or Middlebury ``.flo``.
 
     When ``size (H, W)`` differs from ``(h, w)`` the field is resized bilinearly (INTER_LINEAR; area
@@ -670,6 +691,7 @@ def load_flow(path, size=None):
     arr = np.asarray(arr, np.float32)
     if arr.ndim != 3 or arr.shape[2] != 2 or min(arr.shape[:2]) < 1:
         _fail(path, f"flow must be [h, w, 2], got shape {arr.shape}")
+    _check_aspect(path, arr.shape, image_size, "the flow")
     if not np.all(np.isfinite(arr)):
         _fail(path, f"flow contains {int(np.sum(~np.isfinite(arr)))} NaN/inf values")
     if size is None:

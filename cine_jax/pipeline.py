@@ -46,9 +46,19 @@ def _is_path(x):
     return isinstance(x, str | os.PathLike)
 
 
+MIN_IMAGE_SIDE = 16  # smaller inputs cannot hold a layered scene; refuse rather than upsample noise
+
+
+def _check_image_size(shape, name):
+    if min(shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{name}: image is {shape[1]}x{shape[0]} pixels; need at least {MIN_IMAGE_SIDE} "
+                         "on each side")
+
+
 def _as_image(image, cfg):
     if _is_path(image):
         img, info = io.load_image(image, max_side=cfg.io.max_side, multiple_of=cfg.io.multiple_of)
+        _check_image_size(info["original_size"], str(image))
         return img, tuple(info["original_size"]), str(image)
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
@@ -58,6 +68,7 @@ def _as_image(image, cfg):
     arr = np.asarray(arr[..., :3], np.float32)
     if not np.all(np.isfinite(arr)):
         raise ValueError("image array contains NaN or inf")
+    _check_image_size(arr.shape, "image array")
     original = arr.shape[:2]
     size = io.working_size(*original, max_side=cfg.io.max_side, multiple_of=cfg.io.multiple_of)
     if size != original:
@@ -68,10 +79,18 @@ def _as_image(image, cfg):
     return arr, tuple(original), "<array>"
 
 
-def _resize_array(arr, size, name, interp_area=True):
+def _resize_array(arr, size, original, name, interp_area=True):
+    """Bring a user array (mask, depth, flow) given at the image's resolution, or any resolution with the
+    image's aspect ratio, to the working size."""
     import cv2
 
     arr = np.asarray(arr, np.float32)
+    if arr.ndim < 2 or min(arr.shape[:2]) < 1:
+        raise ValueError(f"{name} array must be at least 2-D [H, W, ...], got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    if abs((w / h) / (original[1] / original[0]) - 1.0) > io.ASPECT_TOLERANCE:
+        raise ValueError(f"{name} array is {w}x{h} but the image is {original[1]}x{original[0]}: the aspect "
+                         "ratios differ")
     if arr.shape[:2] == tuple(size):
         return arr
     interp = cv2.INTER_AREA if interp_area and arr.shape[0] > size[0] else cv2.INTER_LINEAR
@@ -82,6 +101,12 @@ def _resize_array(arr, size, name, interp_area=True):
 def _rescale_hints(hints, original, size):
     """Hints given with an image array are in its pixels: move them to the working size."""
     starts, vectors = motion.parse_hints(hints)
+    st = np.asarray(starts, np.float64)
+    outside = (st[:, 0] < -0.5) | (st[:, 0] > original[1] - 0.5) | (st[:, 1] < -0.5) | (st[:, 1] > original[0] - 0.5)
+    if outside.any():
+        k = int(np.argmax(outside))
+        raise ValueError(f"hint {k} starts at ({st[k, 0]:g}, {st[k, 1]:g}), outside the "
+                         f"{original[1]}x{original[0]} image")
     if tuple(original) == tuple(size):
         return [(tuple(map(float, s)), tuple(map(float, v))) for s, v in zip(np.asarray(starts), np.asarray(vectors))]
     starts = io.rescale_points(np.asarray(starts, np.float64), original, size)
@@ -96,9 +121,9 @@ def _load_motion(mask, hints, flow, size, original, cfg):
     hint_list = []
     if mask is not None:
         if _is_path(mask):
-            m = io.load_mask(mask, size)
+            m = io.load_mask(mask, size, image_size=original)
         else:
-            m = _resize_array(mask, size, "mask")
+            m = _resize_array(mask, size, original, "mask")
             if m.ndim != 2 or not np.all(np.isfinite(m)):
                 raise ValueError(f"mask array must be a finite [H, W] array, got shape {np.shape(mask)}")
             m = np.clip(m, 0.0, 1.0)
@@ -114,14 +139,14 @@ def _load_motion(mask, hints, flow, size, original, cfg):
             hint_list = _rescale_hints(hints, original, size)
     if flow is not None:
         if _is_path(flow):
-            f = io.load_flow(flow, size)
+            f = io.load_flow(flow, size, image_size=original)
         else:
             f = np.asarray(flow, np.float32)
             if f.ndim != 3 or f.shape[2] != 2:
                 raise ValueError(f"flow array must be [H, W, 2], got shape {f.shape}")
             if f.shape[:2] != tuple(size):
                 scale = np.array([size[1] / f.shape[1], size[0] / f.shape[0]], np.float32)
-                f = _resize_array(f, size, "flow", interp_area=False) * scale
+                f = _resize_array(f, size, original, "flow", interp_area=False) * scale
             if not np.all(np.isfinite(f)):
                 raise ValueError("flow array contains NaN or inf")
         f = motion.prepare_flow(f, m, flow_scale=cfg.motion.flow_scale)
@@ -143,7 +168,7 @@ def _load_motion(mask, hints, flow, size, original, cfg):
     return np.zeros(tuple(size) + (2,), np.float32), None, []
 
 
-def _depth(depth, image, size, cfg):
+def _depth(depth, image, size, original, cfg):
     if depth is None:
         est = depth_lib.get_estimator(
             cfg.depth.estimator,
@@ -157,9 +182,9 @@ def _depth(depth, image, size, cfg):
         )
         d = np.asarray(est(image), np.float32)
     elif _is_path(depth):
-        d = io.load_depth(depth, size)
+        d = io.load_depth(depth, size, image_size=original)
     else:
-        d = _resize_array(depth, size, "depth")
+        d = _resize_array(depth, size, original, "depth")
         depth_lib.validate_depth(d, "depth array")
     depth_lib.validate_depth(d, "depth")
     # the trajectories' magnitudes assume the nearest depth is 1 (official units)
@@ -243,7 +268,7 @@ def animate(
     flow_field, m, hint_list = _load_motion(mask, hints, flow, size, original, cfg)
     mark("inputs")
 
-    d = _depth(depth, img, size, cfg)
+    d = _depth(depth, img, size, original, cfg)
     mark("depth")
 
     lc = cfg.layering

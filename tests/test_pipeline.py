@@ -89,6 +89,21 @@ def test_bad_inputs_give_clear_errors(tmp_path, plane):
                          config=_cfg(), progress=False)
     with pytest.raises(ValueError, match="hints"):
         pipeline.animate(plane.image, mask=plane.mask, num_frames=2, config=_cfg(), progress=False)
+    wrong = tmp_path / "wrong_aspect_mask.png"
+    cv2.imwrite(str(wrong), np.full((10, 10), 255, np.uint8))
+    with pytest.raises(ValueError, match="wrong_aspect_mask.png.*aspect"):
+        pipeline.animate(plane.image, mask=str(wrong), hints=[((5.0, 5.0), (1.0, 0.0))], num_frames=2,
+                         config=_cfg(), progress=False)
+    with pytest.raises(ValueError, match="aspect"):
+        pipeline.animate(plane.image, depth=np.ones((20, 20), np.float32), num_frames=2, config=_cfg(),
+                         progress=False)
+    with pytest.raises(ValueError, match="outside"):
+        pipeline.animate(plane.image, mask=plane.mask, hints=[((500.0, 5.0), (1.0, 0.0))], num_frames=2,
+                         config=_cfg(), progress=False)
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((3, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="tiny.png.*at least"):
+        pipeline.animate(str(tiny), num_frames=2, config=_cfg(), progress=False)
     with pytest.raises(ValueError, match="trajector"):
         pipeline.animate(plane.image, depth=plane.depth, trajectory="loop-de-loop", config=_cfg(), progress=False)
 
