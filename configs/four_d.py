@@ -53,6 +53,11 @@ def get_config(arg=None):
     c.render.occupancy_update_every = 16  # official update_extra_interval 16 steps
     c.render.occupancy_decay = 0.95  # official grid = max(0.95 * grid, new)
     c.render.density_threshold = 10.0  # official density_thresh 10: occupied if sigma > min(mean, 10)
+    # Occupancy-guided sampling (four_d/render.py): coarse_samples occupancy lookups per ray place
+    # occupancy_num_samples network samples over the occupied part of the ray (static shapes; the
+    # official marcher takes dt = 2 sqrt(3)/1024 steps through occupied cells only).
+    c.render.coarse_samples = 256  # not official (our two-pass scheme); 256 lookups ~ 1/128 of the diagonal
+    c.render.occupancy_num_samples = 32  # num_samples / 4: benchmarks/four_d.py analytic error < dense S=32
     c.render.bg = "random"  # training: one random RGB colour per iteration (official, bg_radius -1)
     c.render.eval_bg = "white"  # reference-view steps and test renders composite over white
     c.render.sds_size = 64  # official --h/--w 128 (SDS renders, paper variant)
@@ -123,6 +128,24 @@ def get_config(arg=None):
     c.fit.num_views = 8  # training views per frame
     c.fit.num_frames = 8  # frames of the target 4D sequence
     c.fit.static_iterations = 0  # optional static (T=1) warm-up before static_to_dynamic
+    # Empty-space skipping in fit (render.occupancy_*): the grid lives in the train state and is
+    # refreshed every render.occupancy_update_every steps (decay + max) from step occupancy_warmup on;
+    # steps before it sample uniformly. The official first refresh is at step 0, but from an untrained
+    # field it marks only the blob core (sigma > min(mean, 10), radius ~0.34) occupied, and cells marked
+    # empty get no gradient, so scene content outside the blob is never learnt. A dense warm-up lets
+    # the field find the scene first (measured in tests/test_fit.py / benchmarks/README.md).
+    c.fit.use_occupancy = True
+    c.fit.occupancy_warmup = 200  # 10% of the run with uniform sampling before the first refresh
+    # Coarse-to-fine level masking in fit: the last field.grid_levels_mask levels are zeroed while
+    # step <= level_mask_iters (official 3000 of 15000 static+dynamic steps = 20%); 0 disables.
+    c.fit.level_mask_iters = 400
+    # Animate124 regularisers that apply to random ray batches (four_d.render.regularisers):
+    # orientation (per-sample weights . normals, needs 6 extra field evaluations per sample) and weight
+    # entropy. The official SDS-stage weights are reg.lambda_orient 1e-2 / reg.lambda_entropy 1e-3;
+    # a photometric fit needs neither (they push towards hard surfaces seen from SDS views), so they
+    # default to 0 here. The normal-image TV / blur terms need image-shaped batches: not used in fit.
+    c.fit.lambda_orient = 0.0
+    c.fit.lambda_entropy = 0.0
     c.fit.log_every = 50
     c.fit.eval_every = 500
     c.fit.checkpoint_every = 500
@@ -143,6 +166,8 @@ def get_config(arg=None):
         c.render.occupancy_resolution = 16
         c.render.occupancy_time_bins = 4
         c.render.occupancy_update_every = 4
+        c.render.coarse_samples = 64
+        c.render.occupancy_num_samples = 8
         c.render.sds_size = 16
         c.render.test_size = 16
         c.render.chunk = 256
@@ -160,12 +185,16 @@ def get_config(arg=None):
         c.fit.eval_every = 2
         c.fit.checkpoint_every = 2
         c.fit.max_checkpoints = 1
+        c.fit.use_occupancy = False  # tests switch it on where they need it (keeps the rest fast)
+        c.fit.occupancy_warmup = 8
+        c.fit.level_mask_iters = 10  # = tiny field.grid_levels_mask_iters
     elif arg == "paper":
         c.grid.finest_resolution = 2048  # desired_resolution 2048 * bound
         c.grid.log2_table_size = 16  # log2_hashmap_size 16
         c.grid.time_grid_size = 64  # run-dynamic.sh --time_grid_size 64
         c.render.num_samples = 1024  # max_steps 1024 (official marches with an occupancy grid)
         c.render.occupancy_resolution = 128  # official grid_size 128
+        c.render.occupancy_num_samples = 256  # num_samples / 4 over the occupied part of each ray
         c.render.sds_size = 128  # --h 128 --w 128
         c.render.test_size = 400  # --H 400 --W 400 (main.py defaults)
         c.reg.tv_points = 100_000  # only for time_tv_mode="points"
@@ -174,6 +203,8 @@ def get_config(arg=None):
         c.fit.iterations = 10_000  # run-dynamic.sh: --iters 15000 minus the 5000 static steps
         c.fit.batch_rays = 16_384
         c.fit.image_size = 128
+        c.fit.occupancy_warmup = 1000
+        c.fit.level_mask_iters = 2000
     elif arg not in (None, ""):
         raise ValueError(f"configs/four_d.py: unknown variant {arg!r}; use 'tiny', 'paper' or none")
     return c

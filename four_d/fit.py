@@ -17,6 +17,7 @@ step -> loop (metrics JSON lines, checkpoints) -> evaluation (held-out PSNR/SSIM
 - Checkpoints: orbax CheckpointManager with named items "state" (StandardSave) and "config" (JSON).
 """
 
+import contextlib
 import json
 import os
 import time
@@ -33,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from four_d import metrics as metrics_lib
 from four_d import render as render_lib
 from four_d.field import field_from_config
-from four_d.grid4d import grid_spec_from_config, temporal_tv_loss
+from four_d.grid4d import grid_spec_from_config, level_mask_for_step, temporal_tv_loss
 from kernels.camera import camera_rays
 
 
@@ -138,10 +139,18 @@ def make_optimizer(config):
 
 
 def init_state(config, model, optimizer, seed=None):
-    """Fresh train state dict(params, opt_state, step int32)."""
+    """Fresh train state dict(params, opt_state, step int32[, occupancy [B, G, G, G] float32]).
+
+    "occupancy" (only with config.fit.use_occupancy) is the per-time-bin density grid of
+    four_d.render (zeros until the first refresh); it is part of the state so checkpoints carry it.
+    """
     seed = config.seed if seed is None else seed
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 3)), jnp.zeros((1,)))["params"]
-    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+    if config.fit.get("use_occupancy", False):
+        rc = config.render
+        state["occupancy"] = render_lib.init_occupancy(int(rc.occupancy_resolution), int(rc.occupancy_time_bins))
+    return state
 
 
 def step_key(seed, step):
@@ -149,11 +158,72 @@ def step_key(seed, step):
     return jax.random.fold_in(jax.random.PRNGKey(seed), step)
 
 
+# A separate stream for occupancy refreshes, so turning skipping on/off does not change the ray batches.
+_OCCUPANCY_STREAM = 0x0CC
+
+
+def occupancy_key(seed, step):
+    """The PRNG key of the occupancy refresh at `step`: a pure function of (seed, step)."""
+    return jax.random.fold_in(step_key(seed, step), _OCCUPANCY_STREAM)
+
+
+def fit_level_mask(config, step):
+    """Coarse-to-fine level mask [L] for fit at `step` (traced ok), or None when disabled.
+
+    The last config.field.grid_levels_mask levels are zeroed while step <= config.fit.level_mask_iters
+    (grid4d.level_mask_for_step); fit.level_mask_iters = 0 (or grid_levels_mask = 0) disables it.
+    """
+    iters = int(config.fit.get("level_mask_iters", 0))
+    masked = int(config.field.grid_levels_mask)
+    if iters <= 0 or masked <= 0:
+        return None
+    return level_mask_for_step(step, int(config.grid.num_levels), masked, iters)
+
+
+def occupancy_schedule(config, step):
+    """(refresh, use) for `step` (python int or traced int32).
+
+    refresh: the occupancy grid is refreshed at the start of this step, i.e. at steps
+    warmup, warmup + every, warmup + 2 every, ...; use: the step renders with skipping (step >= warmup,
+    so the grid has been refreshed at least once). Both False when fit.use_occupancy is off.
+    """
+    if not config.fit.get("use_occupancy", False):
+        return False, False
+    warm = int(config.fit.get("occupancy_warmup", 0))
+    every = int(config.render.occupancy_update_every)
+    use = step >= warm
+    refresh = use & ((step - warm) % every == 0)
+    return refresh, use
+
+
+def fit_regularisers(config):
+    """The `reg`-style section four_d.render.regularisers gets in fit (weights from config.fit).
+
+    Only the per-ray terms are meaningful for random ray batches: orientation (needs normals) and
+    weight entropy. The normal-image TV / blur terms need image-shaped batches and stay off.
+    """
+    import ml_collections
+
+    return ml_collections.ConfigDict({
+        "lambda_orient": float(config.fit.get("lambda_orient", 0.0)),
+        "lambda_entropy": float(config.fit.get("lambda_entropy", 0.0)),
+        "lambda_normal_tv": 0.0,
+        "lambda_normal_smooth": 0.0,
+    })
+
+
 def make_train_step(config, model, optimizer, rays, background, mesh):
     """Jitted step(state, rays) -> (state, metrics) with donated state.
 
     rays: frame_rays(...) dict (replicated); the batch of config.fit.batch_rays rays is drawn inside the
     step from step_key(seed, step) and sharded over mesh axis "data".
+
+    With config.fit.use_occupancy, the step first refreshes state["occupancy"] when
+    occupancy_schedule says so (decay + max, key occupancy_key(seed, step)), then renders with
+    occupancy-guided sampling (render.occupancy_num_samples samples over the occupied part of each ray,
+    render.coarse_samples occupancy lookups) from step fit.occupancy_warmup on, and with uniform
+    sampling (render.num_samples) before. Both branches are lax.cond branches of one program, so a
+    step only runs one of them.
     """
     batch = int(config.fit.batch_rays)
     ndev = mesh.shape["data"]
@@ -164,9 +234,16 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
     rc = config.render
     seed = int(config.seed)
     lam_tv = float(config.reg.lambda_time_tv)
+    reg = fit_regularisers(config)
+    iters = int(config.fit.iterations)
+    # normals cost 6 extra field evaluations per sample: only when the orientation term is on
+    normals = reg.lambda_orient > 0
+    use_occ = bool(config.fit.get("use_occupancy", False))
     bg = jnp.asarray(background, jnp.float32)
     rep = NamedSharding(mesh, P())
     data_sharding = NamedSharding(mesh, P("data"))
+    common = dict(bound=rc.bound, min_near=rc.min_near, bg=bg, jitter=rc.jitter, compute_normals=normals,
+                  normal_eps=float(config.field.normal_eps))
 
     def step_fn(state, rays):
         step = state["step"]
@@ -179,19 +256,44 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
         d = shard(rays["directions"][f, p])
         gt = shard(rays["rgb"][f, p])
         t = shard(rays["times"][f])
+        level_mask = fit_level_mask(config, step)
+        new = {}
 
-        def loss_fn(params):
-            out = render_lib.render_rays(field_apply, params, o, d, t, k_render, num_samples=rc.num_samples,
-                                         bound=rc.bound, min_near=rc.min_near, bg=bg, jitter=rc.jitter)
-            mse = jnp.mean((out["rgb"] - gt) ** 2)
-            tv = temporal_tv_loss(params["grid"]["tables"], k_tv, spec, config.reg.tv_points)
-            return mse + lam_tv * tv, (mse, tv)
+        def make_loss(occupancy, num_samples):
+            def loss_fn(params):
+                out = render_lib.render_rays(field_apply, params, o, d, t, k_render, num_samples=num_samples,
+                                             occupancy=occupancy, level_mask=level_mask,
+                                             coarse_samples=int(rc.coarse_samples), **common)
+                mse = jnp.mean((out["rgb"] - gt) ** 2)
+                tv = temporal_tv_loss(params["grid"]["tables"], k_tv, spec, config.reg.tv_points,
+                                      config.reg.get("time_tv_mode", "official"))
+                terms = render_lib.regularisers(out, d, reg, step=step, iterations=iters)
+                aux = {"mse": mse, "time_tv": tv, **{k: v for k, v in terms.items() if k != "total"}}
+                return mse + lam_tv * tv + terms["total"], aux
 
-        (loss, (mse, tv)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        new = {"params": params, "opt_state": opt_state, "step": step + 1}
-        return new, {"loss": loss, "mse": mse, "time_tv": tv, "psnr": metrics_lib.mse_to_psnr(mse)}
+            return jax.value_and_grad(loss_fn, has_aux=True)
+
+        params = state["params"]
+        if use_occ:
+            refresh, use = occupancy_schedule(config, step)
+
+            def do_refresh(grid):
+                dens = lambda x, tt: field_apply(params, x, tt, level_mask)["sigma"]
+                return render_lib.update_occupancy(grid, dens, occupancy_key(seed, step), bound=rc.bound,
+                                                   decay=rc.occupancy_decay)
+
+            grid = jax.lax.cond(refresh, do_refresh, lambda g: g, state["occupancy"])
+            mask = render_lib.occupancy_mask(grid, rc.density_threshold)
+            (loss, aux), grads = jax.lax.cond(
+                use, make_loss(mask, int(rc.occupancy_num_samples)), make_loss(None, int(rc.num_samples)), params)
+            new["occupancy"] = grid
+            aux["occupied_fraction"] = jnp.mean(mask.astype(jnp.float32))
+        else:
+            (loss, aux), grads = make_loss(None, int(rc.num_samples))(params)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        new.update({"params": params, "opt_state": opt_state, "step": step + 1})
+        return new, {"loss": loss, **aux, "psnr": metrics_lib.mse_to_psnr(aux["mse"])}
 
     return jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
@@ -230,14 +332,29 @@ def restore_checkpoint(mngr, abstract_state):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_renderer(config, model, h, w, background, mesh=None):
-    """Deterministic image renderer fn(params, pose, K, t) (no jitter) for evaluation and videos."""
+def make_renderer(config, model, h, w, background, mesh=None, occupancy=None):
+    """Deterministic image renderer fn(params, pose, K, t) (no jitter) for evaluation and videos.
+
+    occupancy: None (uniform sampling) or a density grid [B, G, G, G] (the train state's); then the
+    render.num_samples samples are placed over the cells occupied per occupancy_mask (as the official
+    test renders march the occupancy grid). A field trained with skipping is only constrained inside
+    occupied cells, so its renders must use the same grid.
+    """
     rc = config.render
+    kw = {}
+    if occupancy is not None:
+        kw = dict(occupancy=render_lib.occupancy_mask(jnp.asarray(occupancy), rc.density_threshold),
+                  coarse_samples=int(rc.coarse_samples))
     fn = render_lib.make_image_renderer(
         render_lib.make_field_apply(model), h, w, chunk=int(rc.chunk), mesh=mesh,
         num_samples=rc.num_samples, bound=rc.bound, min_near=rc.min_near,
-        bg=jnp.asarray(background, jnp.float32), jitter=False)
+        bg=jnp.asarray(background, jnp.float32), jitter=False, **kw)
     return lambda params, pose, K, t: fn(params, pose, K, jnp.float32(t), None)
+
+
+def is_main_process():
+    """True on the process that writes files (metrics, config/results JSON, videos): process 0."""
+    return jax.process_index() == 0
 
 
 def evaluate(renderer, params, data, split="test"):
@@ -268,7 +385,9 @@ def render_orbit_video(renderer, params, config, h, path, fps=25):
     for k in range(n):
         rgb = renderer(params, cams["poses"][k], cams["K"], k / n)["rgb"]
         frames.append((np.clip(np.asarray(rgb), 0, 1) * 255).round().astype(np.uint8))
-    iio2.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    # every process renders (the renders are collective over the mesh); only process 0 writes
+    if is_main_process():
+        iio2.mimwrite(path, frames, fps=fps, macro_block_size=1)
     return path
 
 
@@ -302,8 +421,9 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     if start_fresh:
         state = init_state(config, model, optimizer)
     state = jax.device_put(state, rep)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=1))
+    if is_main_process():
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=1))
 
     renderer = make_renderer(config, model, h, w, data["background"], mesh)
     has_test = bool(np.any(data["split"] == "test"))
@@ -321,18 +441,21 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
 
         bar = tqdm(total=iters, initial=first, desc="four-d fit", leave=False)
     t0 = time.perf_counter()
-    with open(log_path, "a") as log:
+    # metrics are written by process 0 only (the file is opened there only)
+    with open(log_path, "a") if is_main_process() else contextlib.nullcontext() as log:
         for step in range(first, iters):
             state, m = step_fn(state, rays)
             done = step + 1
             if done % int(config.fit.log_every) == 0 or done == iters:
                 row = {"step": done, **{k: float(v) for k, v in m.items()}, "time": time.perf_counter() - t0}
-                if jax.process_index() == 0:
+                if is_main_process():
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4g}", psnr=f"{row['psnr']:.2f}")
             if done % int(config.fit.checkpoint_every) == 0 or done == iters:
+                # collective on every process: orbax coordinates the hosts and writes the replicated
+                # state from the primary host (process 0) only
                 save_checkpoint(mngr, state, config)
             if bar is not None:
                 bar.update(1)
@@ -341,14 +464,20 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     mngr.close()
 
     params = state["params"]
+    if "occupancy" in state and int(state["step"]) > int(config.fit.get("occupancy_warmup", 0)):
+        # the field is only trained inside occupied cells: evaluate/render with the final grid
+        renderer = make_renderer(config, model, h, w, data["background"], mesh, occupancy=state["occupancy"])
+        results["occupied_fraction"] = float(jnp.mean(
+            render_lib.occupancy_mask(state["occupancy"], config.render.density_threshold)))
     results["iterations"] = iters
     results["train_seconds"] = time.perf_counter() - t0
     if has_test:
         results["test"] = evaluate(renderer, params, data)
     if video:
         results["video"] = render_orbit_video(renderer, params, config, h, os.path.join(out_dir, "orbit.mp4"))
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    if is_main_process():
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
     return {**results, "params": params}
 
 
