@@ -17,6 +17,7 @@ are counted in `num_dropped`, never silently lost.
 """
 
 import dataclasses
+import functools
 import math
 
 import cv2
@@ -116,6 +117,7 @@ def layer_flows(flow, ldi, *, visible_erode=5, diffuse_iters=7, diffuse_ksize=15
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("num_steps", "border"))
 def integrate_points(fields, uv, layer, num_steps, border="clamp"):
     """Euler-integrate Eq. 3 for points that start at pixel positions uv [P, 2].
 

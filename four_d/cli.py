@@ -2,9 +2,12 @@
 
   four-d make-scene DIR [--scene orbiting-spheres] [--views 8] [--test-views 2] [--times 5] [--size 32]
   four-d fit DATA_DIR --out DIR [--config tiny|paper] [--resume] [--devices N] [--no-video]
-             [--config.section.key=value ...]
+             [--distributed] [--config.section.key=value ...]
 
-`fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout.
+`fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
+--distributed: multi-host run; jax.distributed.initialize() (coordinator/process ids from the
+environment, e.g. SLURM/TPU pods) is called before any device is touched, the mesh spans all hosts'
+devices, and metrics/config/results/video files are written by process 0 only.
 """
 
 import argparse
@@ -37,6 +40,8 @@ def _parser():
     fit.add_argument("--devices", type=int, default=None, help="devices in the data mesh (default all)")
     fit.add_argument("--no-video", action="store_true")
     fit.add_argument("--no-progress", action="store_true")
+    fit.add_argument("--distributed", action="store_true",
+                     help="multi-host: call jax.distributed.initialize() first (process 0 writes files)")
     return p
 
 
@@ -58,6 +63,13 @@ def main(argv=None):
         print(path)
         return 0
 
+    if args.distributed:
+        # must run before anything touches a device (jax.devices(), device_put, jit), i.e. before the
+        # fit module builds its mesh
+        import jax
+
+        jax.distributed.initialize()
+
     from configs.four_d import get_config
     from four_d import fit as fit_lib
 
@@ -69,7 +81,8 @@ def main(argv=None):
     res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
                       progress=not args.no_progress, video=not args.no_video)
     res.pop("params")
-    print(json.dumps(res, indent=1))
+    if fit_lib.is_main_process():
+        print(json.dumps(res, indent=1))
     return 0
 
 
