@@ -3,7 +3,10 @@
     python benchmarks/four_d.py [--config tiny|paper] [--sizes 128 400] [--repeats 3]
 
 Rows:
-- "train step": one jitted fit step (config.fit.batch_rays rays, config.render.num_samples samples).
+- "train step dense S" / "train step skip S": jitted fit steps (config.fit.batch_rays rays) with uniform
+  sampling (render.num_samples) and with empty-space skipping (fit.use_occupancy, render.occupancy_num_samples
+  over the occupied part of each ray; the occupancy refreshes every render.occupancy_update_every steps
+  are included, amortised over --train-steps consecutive steps).
 - "render HxW dense S": uniform stratified sampling with S = config.render.num_samples.
 - "render HxW skip S/k": occupancy-guided two-pass sampling (four_d/render.py) with S / k samples;
   `err_vs_dense` is the mean |rgb difference| against the dense render. The occupancy grid comes from
@@ -61,6 +64,40 @@ def analytic_error(bench, s_dense, s_skip, coarse, size=64, res=64):
                   max_abs_err=round(float(err.max()), 4))
 
 
+def train_step_rows(bench, cfg, model, rays, n_steps):
+    """Rows "train step dense S" and "train step skip S_occ": rays/s over n_steps consecutive steps.
+
+    The skipping run starts at step 0 with warm-up 0, so its n_steps include ceil(n / update_every)
+    occupancy refreshes (amortised, as in training); `refresh_s` is one refresh measured separately.
+    """
+    import time
+
+    mesh = fit_lib.make_mesh()
+    rc = cfg.render
+    for occ in (False, True):
+        c = cfg.copy_and_resolve_references()
+        c.fit.use_occupancy = occ
+        c.fit.occupancy_warmup = 0
+        opt = fit_lib.make_optimizer(c)
+        step = fit_lib.make_train_step(c, model, opt, rays, np.ones(3, np.float32), mesh)
+        state = fit_lib.init_state(c, model, opt)
+        ctime, compiled = compile_time(step, state, rays)
+        jax.block_until_ready(compiled(state, rays))  # warm-up (state donated; a fresh one is made below)
+        state = fit_lib.init_state(c, model, opt)
+        t0 = time.perf_counter()
+        for _ in range(n_steps):
+            state, m = compiled(state, rays)
+        jax.block_until_ready(state)
+        per = (time.perf_counter() - t0) / n_steps
+        s = int(rc.occupancy_num_samples if occ else rc.num_samples)
+        row = bench.add(f"train step {'skip' if occ else 'dense'} S={s}", compile_s=round(ctime, 3),
+                        median_s=round(per, 4), rays_per_s=round(cfg.fit.batch_rays / per), samples=s,
+                        batch=cfg.fit.batch_rays, steps=n_steps)
+        if occ:
+            row["refreshes"] = -(-n_steps // int(rc.occupancy_update_every))
+            row["occupied_fraction"] = round(float(m["occupied_fraction"]), 4)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--config", default=None)
@@ -68,20 +105,21 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-factor", type=int, default=4, help="skipping renders use num_samples / this")
     p.add_argument("--occ-updates", type=int, default=4)
-    p.add_argument("--coarse-samples", type=int, default=256)
+    p.add_argument("--coarse-samples", type=int, default=None, help="default: config render.coarse_samples")
+    p.add_argument("--train-steps", type=int, default=16, help="timed steps per training row")
     args = p.parse_args(argv)
 
     cfg = get_config(args.config)
     rc = cfg.render
+    if args.coarse_samples is None:
+        args.coarse_samples = int(rc.coarse_samples)
     bench = Bench("four_d")
     bench.meta["config"] = args.config or "default"
     model = field_from_config(cfg)
     field_apply = render.make_field_apply(model)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1,)))["params"]
 
-    # --- train step -----------------------------------------------------------------------------
-    mesh = fit_lib.make_mesh()
-    opt = fit_lib.make_optimizer(cfg)
+    # --- train step: uniform sampling vs empty-space skipping -----------------------------------
     n_frames, hw = 4, 64 * 64
     rs = np.random.default_rng(0)
     cam = reference_camera(size=64)
@@ -94,24 +132,7 @@ def main(argv=None):
         "rgb": jnp.asarray(rs.random((n_frames, hw, 3)), jnp.float32),
         "times": jnp.linspace(0.0, 1.0, n_frames),
     }
-    step = fit_lib.make_train_step(cfg, model, opt, rays, np.ones(3, np.float32), mesh)
-    state = fit_lib.init_state(cfg, model, opt)
-    ctime, compiled = compile_time(step, state, rays)
-
-    def run_steps(st):
-        for _ in range(3):
-            st, _ = compiled(st, rays)
-        return st
-
-    state = run_steps(state)  # warm-up (the state is donated, so it is threaded through)
-    import time
-
-    t0 = time.perf_counter()
-    state = jax.block_until_ready(run_steps(state))
-    per = (time.perf_counter() - t0) / 3
-    bench.add("train step", compile_s=round(ctime, 3), median_s=round(per, 4),
-              rays_per_s=round(cfg.fit.batch_rays / per), samples=rc.num_samples, batch=cfg.fit.batch_rays)
-
+    train_step_rows(bench, cfg, model, rays, args.train_steps)
     # --- occupancy --------------------------------------------------------------------------------
     grid = render.init_occupancy(rc.occupancy_resolution, rc.occupancy_time_bins)
     dens = lambda x, t: field_apply(params, x, t, None)["sigma"]

@@ -81,6 +81,7 @@ def main(argv=None):
     res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
                       progress=not args.no_progress, video=not args.no_video)
     res.pop("params")
+    res.pop("occupancy")
     if fit_lib.is_main_process():
         print(json.dumps(res, indent=1))
     return 0

@@ -5,7 +5,17 @@ step -> loop (metrics JSON lines, checkpoints) -> evaluation (held-out PSNR/SSIM
 
 - Data: a folder written by four_d.scenes.write_dataset (frames + cameras.json; "split" train/test).
 - Loss: photometric MSE over random ray batches drawn from random (train frame, pixel) pairs, plus
-  lambda_time_tv * temporal TV of the time grids (official run-dynamic.sh --lambda_time_tv 0.1).
+  lambda_time_tv * temporal TV of the time grids (official run-dynamic.sh --lambda_time_tv 0.1), plus
+  the Animate124 regularisers that make sense per ray (four_d.render.regularisers: orientation and
+  weight entropy, weights fit.lambda_orient / fit.lambda_entropy, default 0; the normal-image TV/blur
+  terms need image-shaped batches and are not used here).
+- Empty-space skipping (fit.use_occupancy): a per-time-bin density grid [B, G, G, G] in the train state,
+  refreshed inside the step every render.occupancy_update_every steps from fit.occupancy_warmup on
+  (decay + max, four_d.render.update_occupancy, key occupancy_key(seed, step)); from the warm-up on the
+  step renders with occupancy-guided sampling (render_rays occupancy=..., render.occupancy_num_samples
+  samples, render.coarse_samples lookups). Evaluation renders of a skipping run use the final grid.
+- Coarse-to-fine: the last field.grid_levels_mask levels are zeroed while step <= fit.level_mask_iters
+  (grid4d.level_mask_for_step; 0 disables), in the loss and in the occupancy refreshes.
 - Optimiser: Adam(0.9, 0.99, eps 1e-15), grid tables lr 1e-2 and MLP lr 1e-3 (official, via
   optax.multi_transform on the param path), optional value clipping (official clip_grad_value_ 1).
 - Determinism: the step's PRNG key is fold_in(PRNGKey(seed), step) and the batch indices are drawn
@@ -14,7 +24,12 @@ step -> loop (metrics JSON lines, checkpoints) -> evaluation (held-out PSNR/SSIM
 - Scaling: one Mesh over the devices with axis "data"; the ray batch is sharded on it
   (with_sharding_constraint), params/optimiser state replicated; the step is jitted with explicit
   shardings and donates the state.
-- Checkpoints: orbax CheckpointManager with named items "state" (StandardSave) and "config" (JSON).
+- Checkpoints: orbax CheckpointManager with named items "state" (StandardSave; params, optimiser
+  state, step and the occupancy grid, so a resumed run is bit-identical) and "config" (JSON).
+- Multi-host (`four-d fit --distributed`): the CLI calls jax.distributed.initialize() first; every
+  process runs the same steps, evaluation renders and checkpoint saves (orbax saves are collective and
+  write the replicated state from the primary host); metrics.jsonl, config.json, results.json and the
+  video are written by process 0 only.
 """
 
 import contextlib
@@ -343,8 +358,10 @@ def make_renderer(config, model, h, w, background, mesh=None, occupancy=None):
     rc = config.render
     kw = {}
     if occupancy is not None:
-        kw = dict(occupancy=render_lib.occupancy_mask(jnp.asarray(occupancy), rc.density_threshold),
-                  coarse_samples=int(rc.coarse_samples))
+        # via the host: a committed, mesh-sharded array cannot be closed over by shard_map (an
+        # uncommitted one becomes a replicated constant)
+        mask = jnp.asarray(np.asarray(jax.device_get(render_lib.occupancy_mask(occupancy, rc.density_threshold))))
+        kw = dict(occupancy=mask, coarse_samples=int(rc.coarse_samples))
     fn = render_lib.make_image_renderer(
         render_lib.make_field_apply(model), h, w, chunk=int(rc.chunk), mesh=mesh,
         num_samples=rc.num_samples, bound=rc.bound, min_near=rc.min_near,
@@ -399,7 +416,8 @@ def render_orbit_video(renderer, params, config, h, path, fps=25):
 def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, video=True, evaluate_initial=True):
     """Train on DATA_DIR's train frames, write metrics/checkpoints/results into OUT_DIR.
 
-    Returns dict(results written to OUT_DIR/results.json, "params": final params).
+    Returns dict(results written to OUT_DIR/results.json, "params": final params, "occupancy": final
+    density grid [B, G, G, G] or None without fit.use_occupancy).
     """
     os.makedirs(out_dir, exist_ok=True)
     data = load_dataset(data_dir)
@@ -478,6 +496,6 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     if is_main_process():
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
-    return {**results, "params": params}
+    return {**results, "params": params, "occupancy": state.get("occupancy")}
 
 

@@ -1,4 +1,5 @@
-"""four_d/fit.py, four_d/metrics.py, four_d/cli.py: a short fit, exact resume, 4-device step, static->dynamic."""
+"""four_d/fit.py, four_d/metrics.py, four_d/cli.py: a short fit, exact resume, 4-device step, static->dynamic,
+empty-space skipping (occupancy grid in the train state), coarse-to-fine level masking, regularisers."""
 
 import json
 import os
@@ -31,6 +32,16 @@ def tiny(**fit):
     for k, v in fit.items():
         c.fit[k] = v
     return c
+
+
+@pytest.fixture(scope="module")
+def occupancy_fit(dataset, tmp_path_factory):
+    """300 steps of 256 rays with empty-space skipping from step 0 (official warm-up 0), 8 samples/ray."""
+    out = tmp_path_factory.mktemp("occfit")
+    cfg = tiny(iterations=300, batch_rays=256, log_every=100, checkpoint_every=1000, use_occupancy=True,
+               occupancy_warmup=0)
+    res = fit_lib.fit(dataset, str(out), cfg, mesh=fit_lib.make_mesh(1), progress=False, video=False)
+    return cfg, res, out
 
 
 def test_psnr_ssim_against_skimage(rng):
@@ -86,6 +97,141 @@ def test_resume_is_bit_identical(dataset, tmp_path):
     assert "initial_test" not in resumed  # a resumed run does not re-evaluate step 0
     steps = [json.loads(x)["step"] for x in open(tmp_path / "b" / "metrics.jsonl")]
     assert steps == [2, 3, 4, 6]  # the interrupted run logs its last step (3) too
+
+
+def test_short_fit_with_occupancy_improves_heldout_psnr(occupancy_fit):
+    """Same fit as above with skipping (8 samples over the occupied part of each ray instead of 16 uniform).
+
+    Measured: held-out PSNR 7.9 dB -> 15.7 dB (occupied fraction 2.6% of the 4 x 16^3 cells); asserted
+    > 14 dB and > step 0 + 5 dB. Evaluation renders use the final occupancy grid.
+    """
+    cfg, res, out = occupancy_fit
+    before, after = res["initial_test"]["psnr"], res["test"]["psnr"]
+    assert after > 14.0, (before, after)
+    assert after > before + 5.0, (before, after)
+    assert 0.005 < res["occupied_fraction"] < 0.2
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(0.0 < r["occupied_fraction"] < 0.2 for r in rows)
+
+
+def test_occupancy_marks_spheres_and_empty_corners(occupancy_fit, dataset):
+    """After the last refresh the cells holding the spheres' centres at the training times are occupied
+    (per time bin floor(t B)), and the 8 far corner cells are empty in every bin."""
+    cfg, res, _ = occupancy_fit
+    mask = np.asarray(render.occupancy_mask(res["occupancy"], cfg.render.density_threshold))
+    b, g = mask.shape[0], mask.shape[1]
+    assert mask.shape == (cfg.render.occupancy_time_bins,) + (cfg.render.occupancy_resolution,) * 3
+    scene = scenes.make_scene("orbiting-spheres", 0)
+    for t in (0.0, 0.5, 1.0):
+        tb = min(int(t * b), b - 1)
+        for c in np.asarray(scenes.sphere_centers(scene, t)):
+            i, j, k = np.clip(np.floor((c + 1.0) / 2.0 * g).astype(int), 0, g - 1)
+            assert mask[tb, i, j, k], (t, c)
+    corners = mask[:, [0, -1]][:, :, [0, -1]][:, :, :, [0, -1]]
+    assert not corners.any()
+
+
+def test_resume_with_occupancy_is_bit_identical_across_refresh(dataset, tmp_path):
+    """Refreshes at steps 2 and 6 (warm-up 2, every 4); interrupted at step 4, resumed to 8."""
+    cfg = tiny(iterations=8, checkpoint_every=4, use_occupancy=True, occupancy_warmup=2)
+    assert cfg.render.occupancy_update_every == 4
+    mesh = fit_lib.make_mesh(1)
+    kw = dict(mesh=mesh, progress=False, video=False, evaluate_initial=False)
+    full = fit_lib.fit(dataset, str(tmp_path / "a"), cfg, **kw)
+    half = tiny(iterations=4, checkpoint_every=4, use_occupancy=True, occupancy_warmup=2)
+    part = fit_lib.fit(dataset, str(tmp_path / "b"), half, **kw)
+    resumed = fit_lib.fit(dataset, str(tmp_path / "b"), cfg, resume=True, **kw)
+    # the step-6 refresh changed the grid after the interruption
+    assert not np.array_equal(np.asarray(part["occupancy"]), np.asarray(resumed["occupancy"]))
+    np.testing.assert_array_equal(np.asarray(full["occupancy"]), np.asarray(resumed["occupancy"]))
+    for x, y in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_occupancy_schedule():
+    cfg = tiny(use_occupancy=True, occupancy_warmup=3)
+    got = [fit_lib.occupancy_schedule(cfg, s) for s in range(9)]
+    assert [s for s, (r, _) in enumerate(got) if r] == [3, 7]  # every 4 from the warm-up on
+    assert [s for s, (_, u) in enumerate(got) if u] == list(range(3, 9))
+    assert fit_lib.occupancy_schedule(tiny(use_occupancy=False), 3) == (False, False)
+
+
+def _level_rows(cfg):
+    from four_d.grid4d import grid_spec_from_config
+
+    off = grid_spec_from_config(cfg.grid).level_offsets
+    return off
+
+
+def test_level_mask_zeroes_fine_level_gradients_early(dataset):
+    """tiny: 4 levels, the last 2 masked while step <= 10. Adam with zero gradients (and zero moments)
+    moves nothing, so the masked levels' table rows must stay bit-identical in the first steps and change
+    once the mask is lifted; the unmasked levels change from step 0. The temporal TV acts on every
+    table row regardless of the mask (as official), so it is switched off here."""
+    cfg = tiny(batch_rays=64, level_mask_iters=10)
+    cfg.reg.lambda_time_tv = 0.0
+    assert cfg.field.grid_levels_mask == 2 and cfg.grid.num_levels == 4
+    data = fit_lib.load_dataset(dataset)
+    rays = fit_lib.frame_rays(data, "train")
+    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
+    model = field_from_config(cfg)
+    opt = fit_lib.make_optimizer(cfg)
+    step = fit_lib.make_train_step(cfg, model, opt, rays, data["background"], fit_lib.make_mesh(1))
+    off = _level_rows(cfg)
+    fine = slice(off[2], off[4])
+    coarse = slice(off[0], off[2])
+
+    def run(start, n):
+        state = fit_lib.init_state(cfg, model, opt)
+        t0 = np.asarray(state["params"]["grid"]["tables"]).copy()
+        state["step"] = jnp.int32(start)
+        for _ in range(n):
+            state, _ = step(state, rays)
+        return t0, np.asarray(state["params"]["grid"]["tables"])
+
+    t0, t1 = run(0, 2)
+    np.testing.assert_array_equal(t1[:, fine], t0[:, fine])
+    assert np.abs(t1[:, coarse] - t0[:, coarse]).max() > 1e-4
+    t0, t1 = run(11, 1)  # past level_mask_iters: every level learns
+    assert np.abs(t1[:, fine] - t0[:, fine]).max() > 1e-4
+    # 0 disables masking
+    assert fit_lib.fit_level_mask(tiny(level_mask_iters=0), 0) is None
+    np.testing.assert_array_equal(np.asarray(fit_lib.fit_level_mask(cfg, 10)), [1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(fit_lib.fit_level_mask(cfg, 11)), [1, 1, 1, 1])
+
+
+def test_fit_regularisers_match_render_regularisers(dataset):
+    """With fit.lambda_entropy/lambda_orient > 0 the step's logged terms equal four_d.render.regularisers
+    on the same rays (recomputed here from the same keys); normal-image terms are never on in fit."""
+    cfg = tiny(batch_rays=64, lambda_entropy=1e-3, lambda_orient=1e-2, iterations=10, level_mask_iters=0)
+    reg = fit_lib.fit_regularisers(cfg)
+    assert reg.lambda_normal_tv == 0 and reg.lambda_normal_smooth == 0
+    data = fit_lib.load_dataset(dataset)
+    rays = fit_lib.frame_rays(data, "train")
+    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
+    model = field_from_config(cfg)
+    opt = fit_lib.make_optimizer(cfg)
+    step = fit_lib.make_train_step(cfg, model, opt, rays, data["background"], fit_lib.make_mesh(1))
+    state = fit_lib.init_state(cfg, model, opt)
+    state["step"] = jnp.int32(3)
+    params = jax.tree.map(jnp.copy, state["params"])
+    _, m = step(state, rays)
+    # independent recomputation of the step's batch and render
+    k_frame, k_pix, k_render, _ = jax.random.split(fit_lib.step_key(cfg.seed, 3), 4)
+    f = jax.random.randint(k_frame, (64,), 0, rays["rgb"].shape[0])
+    p = jax.random.randint(k_pix, (64,), 0, rays["rgb"].shape[1])
+    d = rays["directions"][f, p]
+    out = render.render_rays(render.make_field_apply(model), params, rays["origins"][f, p], d, rays["times"][f],
+                             k_render, num_samples=cfg.render.num_samples, bg=jnp.asarray(data["background"]),
+                             compute_normals=True)
+    w = np.asarray(out["weights"], np.float64)
+    n = np.asarray(out["normals"], np.float64)
+    orient = np.mean(w * np.maximum(0.0, np.einsum("rsk,rk->rs", n, np.asarray(d, np.float64))) ** 2)
+    np.testing.assert_allclose(float(m["orient"]), 1e-2 * orient, rtol=1e-3, atol=1e-9)
+    terms = render.regularisers(out, d, reg, step=3, iterations=10)
+    np.testing.assert_allclose(float(m["entropy"]), float(terms["entropy"]), rtol=1e-4)
+    assert float(m["entropy"]) > 0
 
 
 def test_four_device_step_equals_one_device(dataset):
@@ -145,3 +291,21 @@ def test_cli_make_scene_and_fit(tmp_path):
     assert res["test"]["ssim"] is None  # 8 px images are smaller than the SSIM window
     with pytest.raises(fit_lib.DatasetError, match="cameras.json"):
         fit_lib.load_dataset(str(tmp_path / "missing"))
+
+
+def test_cli_distributed_initialises_before_fit(monkeypatch, tmp_path):
+    """--distributed calls jax.distributed.initialize() before the fit builds its mesh (stubs record order)."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append("initialize"))
+    monkeypatch.setattr(fit_lib, "make_mesh", lambda n=None: calls.append("mesh"))
+
+    def fake_fit(*a, **k):
+        calls.append("fit")
+        return {"params": None, "occupancy": None, "iterations": 0}
+
+    monkeypatch.setattr(fit_lib, "fit", fake_fit)
+    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny", "--distributed"]) == 0
+    assert calls == ["initialize", "mesh", "fit"]
+    calls.clear()
+    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny"]) == 0
+    assert calls == ["mesh", "fit"]
