@@ -12,11 +12,12 @@ This module is host-side NumPy/OpenCV preprocessing (run once per input image), 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
+from cine_jax.registry import Registry
 
 __all__ = [
     "DepthEstimator",
@@ -312,18 +313,9 @@ class DepthEstimator(Protocol):
     def __call__(self, image: np.ndarray) -> np.ndarray: ...
 
 
-_ESTIMATORS: dict[str, Callable[..., DepthEstimator]] = {"heuristic": HeuristicDepth}
-
-
-def register_estimator(name, factory):
-    """Register `factory(**kwargs) -> DepthEstimator` under `name` (e.g. a DPT loader taking a path)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"estimator name must be a non-empty string, got {name!r}")
-    _ESTIMATORS[name] = factory
-
-
-def get_estimator(name, **kwargs):
-    """Build the depth estimator registered as `name` with keyword arguments `kwargs`."""
-    if name not in _ESTIMATORS:
-        raise ValueError(f"unknown depth estimator {name!r}; registered: {sorted(_ESTIMATORS)}")
-    return _ESTIMATORS[name](**kwargs)
+ESTIMATORS = Registry("depth estimator")
+ESTIMATORS.register("heuristic", HeuristicDepth)
+# register_estimator(name, factory) / get_estimator(name, **kwargs): a learned estimator (e.g. DPT from a
+# local weights path) registers a factory and is selected with config depth.estimator.
+register_estimator = ESTIMATORS.register
+get_estimator = ESTIMATORS.get

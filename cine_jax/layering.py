@@ -10,13 +10,13 @@ behind the `Inpainter` interface. Host-side NumPy/OpenCV/scikit-learn preprocess
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from cine_jax.depth import validate_depth, validate_image
+from cine_jax.registry import Registry
 
 __all__ = [
     "LDI",
@@ -202,21 +202,12 @@ class OpenCVInpainter:
         return out_rgb, out_depth
 
 
-_INPAINTERS: dict[str, Callable[..., Inpainter]] = {"opencv": OpenCVInpainter}
-
-
-def register_inpainter(name, factory):
-    """Register `factory(**kwargs) -> Inpainter` under `name` (e.g. the 3D-Photo networks)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"inpainter name must be a non-empty string, got {name!r}")
-    _INPAINTERS[name] = factory
-
-
-def get_inpainter(name, **kwargs):
-    """Build the inpainter registered as `name` with keyword arguments `kwargs`."""
-    if name not in _INPAINTERS:
-        raise ValueError(f"unknown inpainter {name!r}; registered: {sorted(_INPAINTERS)}")
-    return _INPAINTERS[name](**kwargs)
+INPAINTERS = Registry("inpainter")
+INPAINTERS.register("opencv", OpenCVInpainter)
+# register_inpainter(name, factory) / get_inpainter(name, **kwargs): e.g. the 3D-Photo networks later,
+# selected with config layering.inpainter.
+register_inpainter = INPAINTERS.register
+get_inpainter = INPAINTERS.get
 
 
 # ---------------------------------------------------------------------------------------------------
