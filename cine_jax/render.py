@@ -140,7 +140,7 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     w_eff = jnp.where(~has_f & ~has_b, w, w_eff)
     feat = w_eff[..., None] * sf["features"] + (1 - w_eff[..., None]) * sb["features"]
     depth = w_eff * sf["depth"] + (1 - w_eff) * sb["depth"]
-    alpha = w * af + (1 - w) * ab
+    alpha = w_eff * af + (1 - w_eff) * ab
     covered = has_f | has_b
     rgb = decoder(feat, depth, alpha, covered)
     return {
@@ -156,7 +156,8 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
 
 
 def render_options(config):
-    """Static rendering options (a hashable tuple of items) from the `render` config section."""
+    """Static rendering options (a dict of python scalars, closed over by the jitted renderer) from the
+    `render` config section."""
     r = config.render
     return dict(
         point_radius=float(r.point_radius),
