@@ -133,15 +133,18 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
         af = af * jnp.clip(sf["features"][..., 3], 0.0, 1.0)
         ab = ab * jnp.clip(sb["features"][..., 3], 0.0, 1.0)
     w = blend_weights(af, sf["depth"], ab, sb["depth"], time, opts["blend_beta"])
-    # where one side is empty its features are 0; re-normalise so the other side is used at full weight
+    # Where only one side has content, use it at full weight (the other side's features are 0) -- except
+    # when its time weight is exactly 0 (the backward side at t = 0, the forward side at t = N), so that
+    # frame N equals frame 0 exactly, holes included, as with the official normalised blend.
     has_f = sf["weight"] > 0
     has_b = sb["weight"] > 0
-    w_eff = jnp.where(has_f & ~has_b, 1.0, jnp.where(has_b & ~has_f, 0.0, w))
-    w_eff = jnp.where(~has_f & ~has_b, w, w_eff)
+    only_f = has_f & ~has_b
+    only_b = has_b & ~has_f
+    w_eff = jnp.where(only_f, jnp.where(time < 1.0, 1.0, 0.0), jnp.where(only_b, jnp.where(time > 0.0, 0.0, 1.0), w))
     feat = w_eff[..., None] * sf["features"] + (1 - w_eff[..., None]) * sb["features"]
     depth = w_eff * sf["depth"] + (1 - w_eff) * sb["depth"]
     alpha = w_eff * af + (1 - w_eff) * ab
-    covered = has_f | has_b
+    covered = (has_f & (w_eff > 0)) | (has_b & (w_eff < 1))
     rgb = decoder(feat, depth, alpha, covered)
     return {
         "rgb": rgb,

@@ -110,13 +110,15 @@ def test_frame_n_equals_frame_zero():
     bwd = scene.integrate_points(-fields, cloud.uv, cloud.layer, n)
     K = np.asarray(camera.intrinsics_from_focal(48.0, h, w))
     arrays = _scene_arrays(cloud, K)
-    pose = camera.translation_pose([0.02, -0.01, 0.03])
+    pose = camera.translation_pose([0.3, -0.2, 0.1])  # large enough to uncover pixels at the borders
     dec = render.IdentityDecoder(fill_holes=True)
     valid = jnp.asarray(cloud.valid)
     f0 = render.render_frame(arrays, fwd["displacement"][0], bwd["displacement"][n], fwd["valid"][0] & valid,
                              bwd["valid"][n] & valid, 0.0, pose, jnp.asarray(K), (h, w), _opts(), dec)
     fn = render.render_frame(arrays, fwd["displacement"][n], bwd["displacement"][0], fwd["valid"][n] & valid,
                              bwd["valid"][0] & valid, 1.0, pose, jnp.asarray(K), (h, w), _opts(), dec)
+    assert (~np.asarray(f0["covered"])).sum() > 0  # the loop must also close where frame 0 has holes
+    np.testing.assert_array_equal(np.asarray(fn["covered"]), np.asarray(f0["covered"]))
     np.testing.assert_allclose(np.asarray(fn["rgb"]), np.asarray(f0["rgb"]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(fn["features"]), np.asarray(f0["features"]), atol=1e-5)
 
