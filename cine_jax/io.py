@@ -59,6 +59,7 @@ import json
 import math
 import os
 import struct
+import warnings
 
 import cv2
 import numpy as np
@@ -829,9 +830,13 @@ def write_video(path, frames, fps=25, quality=8):
     if pad_h or pad_w:
         f = np.pad(f, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     _makedirs_for(path)
-    imageio.mimwrite(
-        path, list(f), fps=fps, quality=quality, codec="libx264", pixelformat="yuv420p", macro_block_size=1
-    )
+    with warnings.catch_warnings():
+        # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec); JAX warns about any fork, but the
+        # child only execs ffmpeg, so the warning's deadlock cannot happen here.
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        imageio.mimwrite(
+            path, list(f), fps=fps, quality=quality, codec="libx264", pixelformat="yuv420p", macro_block_size=1
+        )
     return os.fspath(path)
 
 
