@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -404,7 +405,10 @@ def render_orbit_video(renderer, params, config, h, path, fps=25):
         frames.append((np.clip(np.asarray(rgb), 0, 1) * 255).round().astype(np.uint8))
     # every process renders (the renders are collective over the mesh); only process 0 writes
     if is_main_process():
-        iio2.mimwrite(path, frames, fps=fps, macro_block_size=1)
+        with warnings.catch_warnings():
+            # imageio-ffmpeg forks only to exec ffmpeg; JAX's generic fork warning does not apply
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            iio2.mimwrite(path, frames, fps=fps, macro_block_size=1)
     return path
 
 
