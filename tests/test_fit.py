@@ -44,6 +44,17 @@ def occupancy_fit(dataset, tmp_path_factory):
     return cfg, res, out
 
 
+def _one_device_step(cfg, dataset):
+    """Dataset, training rays, model, optimiser and the jitted 1-device train step for a tiny config."""
+    data = fit_lib.load_dataset(dataset)
+    rays = fit_lib.frame_rays(data, "train")
+    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
+    model = field_from_config(cfg)
+    opt = fit_lib.make_optimizer(cfg)
+    step = fit_lib.make_train_step(cfg, model, opt, rays, data["background"], fit_lib.make_mesh(1))
+    return data, rays, model, opt, step
+
+
 def test_psnr_ssim_against_skimage(rng):
     a = rng.random((20, 23, 3)).astype(np.float32)
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
@@ -172,12 +183,7 @@ def test_level_mask_zeroes_fine_level_gradients_early(dataset):
     cfg = tiny(batch_rays=64, level_mask_iters=10)
     cfg.reg.lambda_time_tv = 0.0
     assert cfg.field.grid_levels_mask == 2 and cfg.grid.num_levels == 4
-    data = fit_lib.load_dataset(dataset)
-    rays = fit_lib.frame_rays(data, "train")
-    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
-    model = field_from_config(cfg)
-    opt = fit_lib.make_optimizer(cfg)
-    step = fit_lib.make_train_step(cfg, model, opt, rays, data["background"], fit_lib.make_mesh(1))
+    data, rays, model, opt, step = _one_device_step(cfg, dataset)
     off = _level_rows(cfg)
     fine = slice(off[2], off[4])
     coarse = slice(off[0], off[2])
@@ -207,12 +213,7 @@ def test_fit_regularisers_match_render_regularisers(dataset):
     cfg = tiny(batch_rays=64, lambda_entropy=1e-3, lambda_orient=1e-2, iterations=10, level_mask_iters=0)
     reg = fit_lib.fit_regularisers(cfg)
     assert reg.lambda_normal_tv == 0 and reg.lambda_normal_smooth == 0
-    data = fit_lib.load_dataset(dataset)
-    rays = fit_lib.frame_rays(data, "train")
-    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
-    model = field_from_config(cfg)
-    opt = fit_lib.make_optimizer(cfg)
-    step = fit_lib.make_train_step(cfg, model, opt, rays, data["background"], fit_lib.make_mesh(1))
+    data, rays, model, opt, step = _one_device_step(cfg, dataset)
     state = fit_lib.init_state(cfg, model, opt)
     state["step"] = jnp.int32(3)
     params = jax.tree.map(jnp.copy, state["params"])
