@@ -1,0 +1,172 @@
+"""Diffusion priors and score distillation (four_d/priors/: sds, sd, zero123, video, controlnet, textual_inversion).
+
+Variants:
+  get_config() / get_config("paper")  the official Animate124 values (HeliosZhao/Animate124 `main`:
+                       guidance/sd_utils.py, guidance/zero123_diffusers_utils.py, guidance/cn_utils.py,
+                       scripts/animate124/run-{static,dynamic,cn}.sh, main.py defaults, and
+                       textual-inversion/textual_inversion.py + scripts/textual_inversion/textual_inversion_sd.sh);
+  get_config("tiny")   the sizes every test uses (small images, few steps); the formulas are the same.
+Facts and their sources: ../shared/reference/animate124.md sections 3-5 and 9.
+
+Every section is read by one prior: `sd` by four_d/priors/sd.py, `zero123` by zero123.py, `video` by
+video.py, `controlnet` by controlnet.py, `textual_inversion` by textual_inversion.py. The weights of the
+priors are never part of a config: each loader takes a local folder.
+
+Conventions shared by the sections (four_d/priors/sds.py):
+  t_range         (lo, hi) fractions of num_train_timesteps: t ~ U{int(N lo) .. int(N hi)} inclusive
+                  (official: torch.randint(int(N lo), int(N hi) + 1)).
+  cfg_form        "official": eps_c + s (eps_c - eps_u) (the Animate124 fork of stable-dreamfusion);
+                  "upstream": eps_u + s (eps_c - eps_u) (stable-dreamfusion upstream, zero123, diffusers).
+  weighting       "sds" 1 - alpha_bar_t (official everywhere), "uniform" 1, "fantasia3d"
+                  sqrt(alpha_bar_t) (1 - alpha_bar_t) (threestudio's weighting_strategy).
+  grad_clip       clamp of the latent gradient to [-c, c] (sd_utils train_step(grad_clip=...)); a value
+                  <= 0 disables it, which is what every official call does. (The `--grad_clip 1` flag of
+                  run-dynamic.sh clips the NeRF parameter gradients: configs/four_d.py optim.grad_clip.)
+  loss_target     "mse": 0.5 ||z - sg(z - grad)||^2 / normaliser (official --new_sds); "x0": 0.5 ||z -
+                  sg(x0_hat)||^2 / normaliser (cn_utils.py --grad_dyn).
+  loss_reduction  "sum": normaliser = batch size (official default); "mean": normaliser = number of
+                  latent elements (official --mean_sds, unused by the Animate124 scripts).
+  dtype           compute/parameter dtype of the frozen prior: "float32" (official fp32 path) or
+                  "bfloat16" (the official runs fp16 autocast; bfloat16 is the TPU/GPU-safe analogue).
+"""
+
+import ml_collections
+
+CFG_FORMS = ("official", "upstream")
+WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+
+
+def _section(**kw):
+    s = ml_collections.ConfigDict()
+    for k, v in kw.items():
+        s[k] = v
+    return s
+
+
+def get_config(arg=None):
+    if arg not in (None, "paper", "tiny"):
+        raise ValueError(f"configs/priors.py: unknown variant {arg!r} (use 'tiny' or 'paper')")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # --- Stable Diffusion 1.5 (four_d/priors/sd.py; guidance/sd_utils.py, run-static.sh) -----------------
+    c.sd = _section(
+        image_size=512,  # official sd_size 512: render bilinearly resized (align_corners False) to 512
+        guidance_scale=100.0,  # official --guidance_scale 100 (first slot, run-static.sh)
+        cfg_form="official",  # official sd_utils: noise_pred_text + s * (noise_pred_text - noise_pred_uncond)
+        t_range=(0.2, 0.6),  # official --t_range 0.2 0.6 (run-static.sh) -> t ~ U{200..600}
+        weighting="sds",  # official w = 1 - alphas[t]
+        lambda_guidance=1.0,  # official --lambda_guidance 1.0 (first slot) = grad_scale
+        grad_clip=-1.0,  # official train_step(grad_clip=None): no latent clamp
+        latent_sample=True,  # official encode_imgs: posterior.sample() (not the mean)
+        loss_target="mse",  # official --new_sds: 0.5 * mse_sum(latents, (latents - grad).detach()) / B
+        loss_reduction="sum",  # official (mean_sds off)
+        negative_prompt="",  # official --negative '' (embedding order [negative, positive])
+        view_suffixes=("front", "side", "back"),  # official f"{text}, {d} view" for d in front/side/back
+        dtype="float32",
+    )
+
+    # --- Zero-1-to-3 XL (four_d/priors/zero123.py; guidance/zero123_diffusers_utils.py) ------------------
+    c.zero123 = _section(
+        image_size=256,  # official F.interpolate(pred_rgb, (256, 256), bilinear, align_corners False)
+        guidance_scale=5.0,  # official --guidance_scale 100 5 (second slot)
+        cfg_form="upstream",  # official noise_pred_uncond + s * (noise_pred_cond - noise_pred_uncond)
+        t_range=(0.2, 0.6),  # official --t_range 0.2 0.6 static; --zero123_t_range 0.2 0.6 dynamic
+        weighting="sds",  # official w = 1 - alphas[t]
+        lambda_guidance=40.0,  # official --lambda_guidance 1.0 40 (second slot)
+        grad_scale="angle",  # official --zero123_grad_scale angle: lambda * angle / (180 / n_refs); or "none"
+        grad_clip=-1.0,  # official: no clamp on the zero123 gradient
+        latent_sample=True,  # official encode_imgs: latent_dist.sample() * scaling_factor
+        reference_latent_sample=True,  # official prepare_img_latents: latent_dist.sample(), NOT scaled
+        reference_size=256,  # official cv2.resize(rgba, (256, 256), INTER_AREA), composited on white
+        reference_polar=90.0,  # official ref_polars [default_polar 90]
+        reference_azimuth=0.0,  # official ref_azimuths [default_azimuth 0]
+        reference_radius=1.8,  # official ref_radii [default_radius 1.8]
+        loss_target="mse",  # official --new_sds
+        loss_reduction="sum",
+        dtype="float32",
+    )
+
+    # --- ModelScope text-to-video SDS (four_d/priors/video.py; sd_utils.py with 'ms' in the key) ----------
+    c.video = _section(
+        image_size=256,  # official sd_size = 256 when 'ms' is in the model path -> (1, 4, F, 32, 32)
+        num_frames=16,  # official --num_frames 16
+        guidance_scale=100.0,  # official --guidance_scale 100 (first slot, run-dynamic.sh)
+        cfg_form="official",  # same sd_utils train_step as the image SDS
+        t_range=(0.02, 0.98),  # official --t_range 0.02 0.98 (run-dynamic.sh) -> t ~ U{20..980}
+        weighting="sds",
+        lambda_guidance=1.0,  # official --lambda_guidance 1.0 (first slot)
+        grad_clip=-1.0,
+        latent_sample=True,
+        loss_target="mse",  # official --new_sds
+        loss_reduction="sum",
+        mean_frame=False,  # official --mean_frame off: the sum over all frames is divided by B only
+        negative_prompt="",
+        dtype="float32",
+    )
+
+    # --- ControlNet-Tile SDS (four_d/priors/controlnet.py; guidance/cn_utils.py, run-cn.sh) --------------
+    c.controlnet = _section(
+        image_size=1024,  # official --cn_size 1024: render and condition bilinearly resized to 1024
+        num_frames=2,  # official --cn_frames 2
+        frame_method="even",  # official --cn_frame_method even: frames arange(0, F, F // cn_frames)
+        guidance_scale=7.5,  # official --guidance_scale 100 5 7.5 (third slot)
+        cfg_form="official",  # official cn_utils: noise_pred_text + s * (noise_pred_text - noise_pred_uncond)
+        t_range=(0.2, 0.8),  # official --cn_t_range default [0.2, 0.8] -> t ~ U{200..800}, one per clip
+        weighting="sds",
+        lambda_guidance=1.0,  # official --lambda_guidance 1.0 40 1.0 (not applied on the grad_dyn path)
+        grad_clip=-1.0,
+        latent_sample=True,
+        loss_target="x0",  # official --grad_dyn: target (z_t - sqrt(1 - a) eps_hat) / sqrt(a)
+        loss_reduction="sum",  # official / latents.shape[0] = number of selected frames
+        conditioning_scale=1.0,  # official --cn_scale 1.0
+        controlnet_prompt="best quality, high resolution",  # official --cn_cn_text
+        negative_prompt="",
+        dtype="float32",
+    )
+
+    # --- textual inversion (four_d/priors/textual_inversion.py; textual-inversion/textual_inversion.py) ---
+    c.textual_inversion = _section(
+        steps=3000,  # official --max_train_steps 3000
+        batch_size=16,  # official --train_batch_size 16
+        resolution=512,  # official --resolution 512
+        learning_rate=1e-4,  # official --learning_rate 1e-4, no --scale_lr, --lr_scheduler constant, warmup 0
+        adam_b1=0.9,  # official --adam_beta1 0.9 (torch.optim.AdamW)
+        adam_b2=0.999,  # official --adam_beta2 0.999
+        weight_decay=1e-2,  # official --adam_weight_decay 1e-2
+        adam_eps=1e-8,  # official --adam_epsilon 1e-8
+        templates="object",  # official --learnable_property object: imagenet_templates_small
+        save_steps=500,  # official --save_steps 500: learned_embeds-steps-{N}.bin
+        # Augmentations (official --use_augmentations, TextualInversionDataset.aug_transform):
+        aug_resize=1.25,  # Resize(int(512 * 5/4)) + CenterCrop(int(512 * 5/4))
+        aug_rotate_p=0.75,  # RandomApply([RandomRotation(10, fill=255), CenterCrop(int(512*5/6)), Resize(512)], 0.75)
+        aug_rotate_degrees=10.0,
+        aug_rotate_crop=5.0 / 6.0,
+        aug_crop_scale=(0.85, 1.15),  # RandomResizedCrop(512, scale=(0.85, 1.15)), ratio (3/4, 4/3)
+        aug_crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+        aug_jitter_p=0.75,  # RandomApply([ColorJitter(0.04, 0.04, 0.04, 0.04)], p=0.75)
+        aug_jitter=0.04,
+        aug_gray_p=0.1,  # RandomGrayscale(p=0.10)
+        aug_blur_p=0.1,  # RandomApply([GaussianBlur(5, (0.1, 2))], p=0.10)
+        aug_blur_kernel=5,
+        aug_blur_sigma=(0.1, 2.0),
+        aug_flip_p=0.5,  # RandomHorizontalFlip()
+        # Official quirk: with --use_augmentations the dataset ends in ToTensor() (values in [0, 1]) and the
+        # training loop feeds them to the VAE unchanged; without augmentations images are mapped to [-1, 1].
+        # False reproduces the official [0, 1] input; True maps to [-1, 1] as the VAE expects.
+        normalize_augmented=False,
+        dtype="float32",
+    )
+
+    if arg == "tiny":
+        c.sd.image_size = 64
+        c.zero123.image_size = 32
+        c.zero123.reference_size = 32
+        c.video.image_size = 32
+        c.video.num_frames = 4
+        c.controlnet.image_size = 64
+        c.textual_inversion.steps = 3
+        c.textual_inversion.batch_size = 2
+        c.textual_inversion.resolution = 64
+        c.textual_inversion.save_steps = 2
+    return c
