@@ -1,0 +1,126 @@
+"""Tiny random diffusion models made with the diffusers / transformers PyTorch classes, saved once per test
+process with save_pretrained in the real on-disk layouts (tests/test_priors_*.py load them back through
+four_d.priors' loaders and compare with the PyTorch outputs).
+
+Not a test module (no test_ prefix): imported by the prior tests. torch is imported here, so only tests use it.
+"""
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+# Tiny sizes: UNet latents 8x8 from 64x64 renders (VAE factor 8 as in SD), text width 32.
+HIDDEN = 32
+UNET = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=HIDDEN,
+            attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=32)
+# One level only (no down/upsampling): the fastest UNet to compile, for steps that need many compiles.
+UNET1 = dict(UNET, block_out_channels=(32,), down_block_types=("CrossAttnDownBlock2D",),
+             up_block_types=("CrossAttnUpBlock2D",))
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+           norm_num_groups=4, sample_size=64, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4)
+
+_ROOT = None
+
+
+def root():
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = tempfile.mkdtemp(prefix="cine-jax-priors-")
+        atexit.register(shutil.rmtree, _ROOT, True)
+    return _ROOT
+
+
+def _seed(seed):
+    torch.manual_seed(seed)
+
+
+def randomize(module, seed, scale=0.2):
+    """Non-trivial random weights (diffusers zero-initialises some output convs, which would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def write_tokenizer(folder):
+    """A CLIPTokenizer with a tiny BPE vocabulary (letters, digits, a few merges) saved in folder."""
+    from transformers import CLIPTokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789,.<>_")
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    merges = ["#version: 0.2", "a n", "p an", "pan d", "v i", "vi e", "vie w</w>"]
+    vocab += ["an", "pan", "pand", "vi", "vie", "view</w>"]
+    tmp = tempfile.mkdtemp(dir=root())
+    with open(os.path.join(tmp, "vocab.json"), "w") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f)
+    with open(os.path.join(tmp, "merges.txt"), "w") as f:
+        f.write("\n".join(merges) + "\n")
+    tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), model_max_length=16)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def text_config(vocab_size):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=16, projection_dim=HIDDEN,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def scheduler():
+    from diffusers import DDIMScheduler
+
+    # SD 1.5's scheduler_config.json values.
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
+
+
+@functools.cache
+def sd_folder(safe=True):
+    """A tiny SD 1.x pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/, model_index.json)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = os.path.join(root(), "sd-safe" if safe else "sd-bin")
+    tok = write_tokenizer(os.path.join(root(), "tok-tmp"))
+    _seed(0)
+    unet = randomize(UNet2DConditionModel(**UNET1), 1)
+    vae = randomize(AutoencoderKL(**VAE), 2, scale=0.15)
+    text = randomize(CLIPTextModel(text_config(len(tok))), 3)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=scheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=safe)
+    return folder
+
+
+@functools.cache
+def torch_sd(safe=True):
+    """The PyTorch modules of sd_folder(safe), loaded back with diffusers/transformers (float32, eval)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    f = sd_folder(safe)
+    return dict(unet=UNet2DConditionModel.from_pretrained(f, subfolder="unet").eval(),
+                vae=AutoencoderKL.from_pretrained(f, subfolder="vae").eval(),
+                text_encoder=CLIPTextModel.from_pretrained(os.path.join(f, "text_encoder")).eval(),
+                tokenizer=CLIPTokenizer.from_pretrained(os.path.join(f, "tokenizer")),
+                scheduler=DDIMScheduler.from_pretrained(f, subfolder="scheduler"))
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
