@@ -124,3 +124,87 @@ def torch_sd(safe=True):
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def _projection_classes():
+    """The two diffusers conversions' camera projections (772 -> 768 Linear), tiny: Animate124's
+    ProjectionModel (`cc_projection` attribute) and stable-dreamfusion's CLIPCameraProjection (`proj`)."""
+    from diffusers import ConfigMixin, ModelMixin
+    from diffusers.configuration_utils import register_to_config
+
+    class ProjectionModel(ModelMixin, ConfigMixin):
+        @register_to_config
+        def __init__(self, in_channels, out_channels):
+            super().__init__()
+            self.cc_projection = torch.nn.Linear(in_channels, out_channels)
+
+        def forward(self, x):
+            return self.cc_projection(x)
+
+    class CLIPCameraProjection(ModelMixin, ConfigMixin):
+        @register_to_config
+        def __init__(self, embedding_dim=HIDDEN, additional_embeddings=4):
+            super().__init__()
+            self.proj = torch.nn.Linear(embedding_dim + additional_embeddings, embedding_dim)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    return ProjectionModel, CLIPCameraProjection
+
+
+ZERO123_IMAGE = 32  # tiny reference / render size (official 256): latents 4x4, CLIP image size 32
+
+
+@functools.cache
+def zero123_folder(layout="cc_projection"):
+    """A tiny zero123 folder in a diffusers conversion layout: unet/ (8 input channels), vae/, image_encoder/
+    (CLIPVisionModelWithProjection), feature_extractor/, scheduler/, and the camera projection folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = os.path.join(root(), f"zero123-{layout}")
+    _seed(1)
+    randomize(UNet2DConditionModel(**dict(UNET1, in_channels=8, sample_size=4)), 11).save_pretrained(
+        os.path.join(folder, "unet"))
+    randomize(AutoencoderKL(**VAE), 12, scale=0.15).save_pretrained(os.path.join(folder, "vae"))
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        image_size=ZERO123_IMAGE, patch_size=8, projection_dim=HIDDEN))
+    randomize(enc, 13).save_pretrained(os.path.join(folder, "image_encoder"))
+    CLIPImageProcessor(size={"shortest_edge": ZERO123_IMAGE},
+                       crop_size={"height": ZERO123_IMAGE, "width": ZERO123_IMAGE}).save_pretrained(
+        os.path.join(folder, "feature_extractor"))
+    scheduler().save_pretrained(os.path.join(folder, "scheduler"))
+    projection_model, camera_projection = _projection_classes()
+    proj = projection_model(HIDDEN + 4, HIDDEN) if layout == "cc_projection" else camera_projection(HIDDEN, 4)
+    g = torch.Generator().manual_seed(14)
+    with torch.no_grad():
+        for p in proj.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    if layout in ("cc_projection", "clip_camera_projection"):
+        proj.save_pretrained(os.path.join(folder, layout))
+    index = {"_class_name": "Zero1to3StableDiffusionPipeline", "_diffusers_version": "0.20.2",
+             "feature_extractor": ["transformers", "CLIPImageProcessor"],
+             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+             "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], layout: ["pipeline_zero1to3", type(proj).__name__]}
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f)
+    return folder
+
+
+@functools.cache
+def torch_zero123(layout="cc_projection"):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    f = zero123_folder(layout)
+    projection_model, camera_projection = _projection_classes()
+    cls = projection_model if layout == "cc_projection" else camera_projection
+    return dict(unet=UNet2DConditionModel.from_pretrained(f, subfolder="unet").eval(),
+                vae=AutoencoderKL.from_pretrained(f, subfolder="vae").eval(),
+                image_encoder=CLIPVisionModelWithProjection.from_pretrained(os.path.join(f, "image_encoder")).eval(),
+                feature_extractor=CLIPImageProcessor.from_pretrained(os.path.join(f, "feature_extractor")),
+                cc_projection=cls.from_pretrained(f, subfolder=layout).eval(),
+                scheduler=DDIMScheduler.from_pretrained(f, subfolder="scheduler"))
