@@ -208,3 +208,26 @@ def torch_zero123(layout="cc_projection"):
                 feature_extractor=CLIPImageProcessor.from_pretrained(os.path.join(f, "feature_extractor")),
                 cc_projection=cls.from_pretrained(f, subfolder=layout).eval(),
                 scheduler=DDIMScheduler.from_pretrained(f, subfolder="scheduler"))
+
+
+@functools.cache
+def controlnet_folder():
+    """A tiny ControlNet (the UNET1 architecture + an 8x conditioning embedding) saved alone, like the
+    control_v11f1e_sd15_tile folder (config.json + weights)."""
+    from diffusers import ControlNetModel
+
+    folder = os.path.join(root(), "controlnet-tile")
+    _seed(2)
+    cn = ControlNetModel(in_channels=4, block_out_channels=UNET1["block_out_channels"],
+                         down_block_types=UNET1["down_block_types"], layers_per_block=1,
+                         cross_attention_dim=HIDDEN, attention_head_dim=8, norm_num_groups=32,
+                         conditioning_embedding_out_channels=(8, 8, 8, 8))
+    randomize(cn, 21).save_pretrained(folder)
+    return folder
+
+
+@functools.cache
+def torch_controlnet():
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(controlnet_folder()).eval()
