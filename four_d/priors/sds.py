@@ -163,13 +163,14 @@ def x0_target_loss(latents, x0, normaliser):
 
 def score_distillation(latents, noise, t, alphas_cumprod, predict_noise, *, guidance_scale, cfg_form="official",
                        weighting_strategy="sds", grad_scale=1.0, grad_clip=-1.0, loss_target="mse",
-                       loss_reduction="sum"):
+                       loss_reduction="sum", normaliser=None):
     """One SDS loss on latents [N, ...] given the noise and timesteps; returns (loss, aux).
 
     predict_noise(noisy [N, ...], t [N]) -> (eps_uncond [N, ...], eps_cond [N, ...]) is the frozen prior
     (both CFG branches; the prior decides how to batch them). It receives stop-gradient inputs and its
     outputs are stop-gradient, so differentiating the loss never differentiates the prior.
     grad_scale is a scalar or [N] (zero123's angle weight); guidance_scale and grad_clip may be traced.
+    normaliser overrides the divisor given by loss_reduction (the video prior's --mean_frame: B x frames).
 
     aux: t [N], alpha_bar [N], w [N], grad_norm (the L2 norm of the per-latent gradient, i.e. of
     normaliser * dloss/dz: grad for "mse", z - x0_hat for "x0"), grad_abs_mean (the official "loss_sds"
@@ -187,7 +188,7 @@ def score_distillation(latents, noise, t, alphas_cumprod, predict_noise, *, guid
                                        cfg_form)
     w = weighting(alpha_bar, weighting_strategy)
     grad = sds_gradient(eps_hat, noise, w, grad_scale, grad_clip)
-    normaliser = loss_normaliser(latents, loss_reduction)
+    normaliser = loss_normaliser(latents, loss_reduction) if normaliser is None else float(normaliser)
     if loss_target == "mse":
         loss = mse_target_loss(latents, grad, normaliser)
         effective = grad
