@@ -47,7 +47,6 @@ def get_config(arg=None):
     if arg not in (None, "paper", "tiny"):
         raise ValueError(f"configs/priors.py: unknown variant {arg!r} (use 'tiny' or 'paper')")
     c = ml_collections.ConfigDict()
-    c.seed = 0
 
     # --- Stable Diffusion 1.5 (four_d/priors/sd.py; guidance/sd_utils.py, run-static.sh) -----------------
     c.sd = _section(
@@ -90,7 +89,6 @@ def get_config(arg=None):
     # --- ModelScope text-to-video SDS (four_d/priors/video.py; sd_utils.py with 'ms' in the key) ----------
     c.video = _section(
         image_size=256,  # official sd_size = 256 when 'ms' is in the model path -> (1, 4, F, 32, 32)
-        num_frames=16,  # official --num_frames 16
         guidance_scale=100.0,  # official --guidance_scale 100 (first slot, run-dynamic.sh)
         cfg_form="official",  # same sd_utils train_step as the image SDS
         t_range=(0.02, 0.98),  # official --t_range 0.02 0.98 (run-dynamic.sh) -> t ~ U{20..980}
@@ -102,6 +100,7 @@ def get_config(arg=None):
         loss_reduction="sum",
         mean_frame=False,  # official --mean_frame off: the sum over all frames is divided by B only
         negative_prompt="",
+        view_suffixes=("front", "side", "back"),  # the static-camera steps use view-blended prompts too
         dtype="float32",
     )
 
@@ -163,7 +162,6 @@ def get_config(arg=None):
         c.zero123.image_size = 32
         c.zero123.reference_size = 32
         c.video.image_size = 32
-        c.video.num_frames = 4
         c.controlnet.image_size = 64
         c.textual_inversion.steps = 3
         c.textual_inversion.batch_size = 2

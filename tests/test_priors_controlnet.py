@@ -25,7 +25,7 @@ def prior():
     cfg = get_config("tiny").controlnet
     fn = cnm.make_controlnet_sds(model, cfg)
     emb = model.sd.prompt_embeddings(params, "a panda")
-    cn_emb = model.controlnet_embeddings(params, "pan")
+    cn_emb = model.controlnet_embeddings(params, cfg, prompt="pan")
 
     def loss(frames, cond, key, azimuth, use_view, knobs):
         return fn.function.jitted(params, key, frames, cond, emb, azimuth, cn_emb, use_view, knobs)
@@ -92,6 +92,7 @@ def test_step_matches_the_official_torch_step(prior, rng):
 
 
 def test_frame_selection_as_official():
+    np.testing.assert_array_equal(cnm.config_frames(16, get_config("paper").controlnet), [0, 8])  # --cn_frames 2
     np.testing.assert_array_equal(cnm.select_frames(16, 2), [0, 8])  # official cn_frame_method 'even'
     np.testing.assert_array_equal(cnm.select_frames(16, 4), [0, 4, 8, 12])
     np.testing.assert_array_equal(cnm.select_frames(4, 8), [0, 1, 2, 3])

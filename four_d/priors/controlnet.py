@@ -36,10 +36,12 @@ class ControlNetTile:
     controlnet: object
     folder: str
 
-    def controlnet_embeddings(self, params, prompt=None, negative=""):
-        """dict(uncond, cond) [L, D] for the ControlNet branch (official --cn_cn_text, negative '')."""
-        prompt = get_config().controlnet.controlnet_prompt if prompt is None else prompt
-        e = self.sd.encode_text(params, [negative, prompt])
+    def controlnet_embeddings(self, params, config=None, prompt=None):
+        """dict(uncond, cond) [L, D] for the ControlNet branch: config.controlnet_prompt (official --cn_cn_text
+        "best quality, high resolution") unless prompt is given, config.negative_prompt as unconditional."""
+        config = config or get_config().controlnet
+        prompt = config.controlnet_prompt if prompt is None else prompt
+        e = self.sd.encode_text(params, [config.negative_prompt, prompt])
         return dict(uncond=e[0], cond=e[1])
 
 
@@ -67,6 +69,19 @@ def load_controlnet_tile(sd_folder, controlnet_folder, dtype="float32", learned_
         model = dataclasses.replace(model, text_encoder=text, tokenizer=tok)
         params["text_encoder"] = text_p
     return ControlNetTile(model, cn, os.path.abspath(controlnet_folder)), params
+
+
+def build_controlnet_prior(sd_folder, controlnet_folder, config=None, learned_embeds=None, mesh=None):
+    """(model, params, sds) from local SD 1.5 + ControlNet folders with config (configs/priors.py controlnet)."""
+    config = config or get_config().controlnet
+    model, params = load_controlnet_tile(sd_folder, controlnet_folder, config.dtype, learned_embeds)
+    return model, params, make_controlnet_sds(model, config, mesh)
+
+
+def config_frames(num_frames, config=None, key=None):
+    """select_frames with the config's number of frames and method (official --cn_frames 2, even)."""
+    config = config or get_config().controlnet
+    return select_frames(num_frames, int(config.num_frames), config.frame_method, key)
 
 
 def select_frames(num_frames, cn_frames, method="even", key=None):
@@ -147,6 +162,9 @@ def make_controlnet_sds(model, config=None, mesh=None):
     def sds_fn(params, key, frames, cond_frames, embeddings, azimuth, cn_embeddings, use_view=True, **knobs):
         common.check_images(frames, "four_d/priors/controlnet.py sds (frames)")
         common.check_images(cond_frames, "four_d/priors/controlnet.py sds (cond_frames)")
+        if frames.shape[0] != int(config.num_frames):
+            raise ValueError(f"four_d/priors/controlnet.py sds: got {frames.shape[0]} frames, config num_frames is "
+                             f"{config.num_frames} (official --cn_frames; select them with config_frames)")
         if cond_frames.shape[0] != frames.shape[0]:
             raise ValueError(f"four_d/priors/controlnet.py sds: {frames.shape[0]} frames but {cond_frames.shape[0]} "
                              "condition frames")

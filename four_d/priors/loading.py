@@ -83,7 +83,8 @@ def use_exact_gelu():
     approximation, while PyTorch `GEGLU` uses the exact `F.gelu`: on a tiny random SD UNet that alone is a
     2.4e-4 relative output difference (exact GELU: 2e-6). `FlaxFeedForward.setup` looks `FlaxGEGLU` up in
     its module namespace at call time, so a subclass with the exact GELU is installed there (parameter names
-    are unchanged). Idempotent; called when four_d.priors.loading is imported.
+    are unchanged). Idempotent; every loader here calls it before building a module (not at import time, so
+    importing four_d.priors never imports diffusers, which imports torch when torch is installed).
     """
     from diffusers.models import attention_flax
 
@@ -267,6 +268,7 @@ def load_diffusers_model(cls, folder, dtype=jnp.float32, unsupported=None, block
     """
     from flax.serialization import msgpack_restore
 
+    use_exact_gelu()
     require_dir(folder)
     cfg_path = os.path.join(folder, "config.json")
     config = read_json(cfg_path)
@@ -412,6 +414,3 @@ def load_alphas_cumprod(folder):
     except NotImplementedError as e:
         raise ValueError(f"{path}: {e}") from None
     return np.asarray(alphas, np.float32)
-
-
-use_exact_gelu()

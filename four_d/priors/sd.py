@@ -78,6 +78,18 @@ def load_stable_diffusion(folder, dtype="float32", **unet_overrides):
     return model, dict(unet=unet_p, vae=vae_p, text_encoder=text_p)
 
 
+def build_sd_prior(folder, config=None, mesh=None, **unet_overrides):
+    """(model, params, sds) from a local SD 1.x folder with everything taken from config (configs/priors.py sd)."""
+    config = config or get_config().sd
+    model, params = load_stable_diffusion(folder, config.dtype, **unet_overrides)
+    return model, params, make_sd_sds(model, config, mesh)
+
+
+def config_prompt_embeddings(model, params, text, config):
+    """model.prompt_embeddings with the config's negative prompt and view suffixes (sd / video sections)."""
+    return model.prompt_embeddings(params, text, config.negative_prompt, tuple(config.view_suffixes))
+
+
 def unet_eps(unet, unet_params, noisy, t, context, mesh=None, **extra):
     """eps of a Flax UNet on NCHW latents [N, C, h, w], t [N], context [N, L, D]; float32 out."""
     noisy = common.constrain(noisy, mesh, common.batch_spec(noisy.ndim))

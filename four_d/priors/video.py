@@ -78,6 +78,13 @@ def load_video_prior(folder, dtype="float32"):
     return model, dict(unet=unet_p, vae=vae_p, text_encoder=text_p)
 
 
+def build_video_prior(folder, config=None, mesh=None):
+    """(model, params, sds) from a local text-to-video folder with config (configs/priors.py video)."""
+    config = config or get_config().video
+    model, params = load_video_prior(folder, config.dtype)
+    return model, params, make_video_sds(model, config, mesh)
+
+
 def video_draws(key, vae, batch, frames, size, min_step, max_step):
     """dict(latent_eps [B F, 4, h, w] (per-frame posterior samples), t [B] (one per clip), noise [B, 4, F, h, w])."""
     per_frame = common.latent_shape(vae, batch * frames, size)

@@ -226,6 +226,28 @@ def camera_from_token(token, ref_polar=90.0, ref_azimuth=0.0, ref_radius=1.8):
                                                       ref_radius))
 
 
+def build_zero123_prior(folder, config=None, mesh=None, **unet_overrides):
+    """(model, params, sds) from a local zero123 folder with config (configs/priors.py zero123)."""
+    config = config or get_config().zero123
+    model, params = load_zero123(folder, config.dtype, **unet_overrides)
+    return model, params, make_zero123_sds(model, config, mesh)
+
+
+def prepare_reference(model, params, image, key, config=None):
+    """The reference conditioning as official, sizes and sampling from config: reference_image(image,
+    config.reference_size) then encode_reference(sample=config.reference_latent_sample)."""
+    config = config or get_config().zero123
+    return encode_reference(model, params, reference_image(image, int(config.reference_size)), key,
+                            sample=bool(config.reference_latent_sample))
+
+
+def config_camera(d_polar, d_azimuth, d_radius, config=None):
+    """zero123_camera with the reference view of config (reference_polar / _azimuth / _radius)."""
+    config = config or get_config().zero123
+    return zero123_camera(d_polar, d_azimuth, d_radius, config.reference_polar, config.reference_azimuth,
+                          config.reference_radius)
+
+
 # ---- the SDS step -----------------------------------------------------------------------------------------
 
 
