@@ -108,6 +108,14 @@ def sd_folder(safe=True):
 
 
 @functools.cache
+def loaded_sd():
+    """(StableDiffusion, params) of sd_folder() through our loader, shared by the prior tests of a process."""
+    from four_d.priors import sd as sdm
+
+    return sdm.load_stable_diffusion(sd_folder(True))
+
+
+@functools.cache
 def torch_sd(safe=True):
     """The PyTorch modules of sd_folder(safe), loaded back with diffusers/transformers (float32, eval)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel

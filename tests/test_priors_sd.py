@@ -25,7 +25,7 @@ PROMPT = "a panda"
 
 @pytest.fixture(scope="module")
 def prior():
-    model, params = sdm.load_stable_diffusion(tiny.sd_folder(True))
+    model, params = tiny.loaded_sd()
     cfg = get_config("tiny").sd
     fn = sdm.make_sd_sds(model, cfg)
     emb = model.prompt_embeddings(params, PROMPT)

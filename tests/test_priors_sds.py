@@ -111,6 +111,10 @@ def test_mean_reduction_divides_by_the_element_count(rng):
     f = lambda red: jax.jit(jax.grad(lambda z_: sds.score_distillation(  # noqa: E731
         z_, noise, t, ALPHAS, stub(eps_u, 1.0), guidance_scale=1.0, loss_reduction=red)[0]))(z)
     np.testing.assert_allclose(f("mean") * z.size, f("sum") * 2, rtol=1e-5)
+    # an explicit normaliser (video --mean_frame: B x F) overrides the reduction
+    g = jax.jit(jax.grad(lambda z_: sds.score_distillation(z_, noise, t, ALPHAS, stub(eps_u, 1.0), guidance_scale=1.0,
+                                                           normaliser=7.0)[0]))(z)
+    np.testing.assert_allclose(g * 7.0, f("sum") * 2, rtol=1e-5)
 
 
 def test_timesteps_and_ranges():

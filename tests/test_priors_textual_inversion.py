@@ -17,7 +17,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from configs.priors import get_config  # noqa: E402
 from four_d.priors import common  # noqa: E402
-from four_d.priors import sd as sdm  # noqa: E402
 from four_d.priors import textual_inversion as ti  # noqa: E402
 from kernels.sampling import resize  # noqa: E402
 
@@ -27,7 +26,14 @@ TOKEN = "_panda_"
 
 @pytest.fixture(scope="module")
 def sd():
-    return sdm.load_stable_diffusion(tiny.sd_folder(True))
+    return tiny.loaded_sd()
+
+
+@pytest.fixture(scope="module")
+def prep(sd):
+    """The prepared tiny run (token added, templates, jitted draws and step), shared by the tests below."""
+    model, params = sd
+    return ti.prepare_textual_inversion(model, params, TOKEN, "a", get_config("tiny").textual_inversion)
 
 
 def torch_pipe():
@@ -115,10 +121,8 @@ def torch_official_step(prep, draws, cfg):
     return loss.item(), grad, emb.weight[prep["token_id"]].detach().numpy()
 
 
-def test_training_step_matches_the_official_torch_step_and_writes_files(sd, rng, tmp_path):
-    model, params = sd
-    cfg = get_config("tiny").textual_inversion
-    prep = ti.prepare_textual_inversion(model, params, TOKEN, "a", cfg)
+def test_training_step_matches_the_official_torch_step_and_writes_files(prep, rng, tmp_path):
+    cfg = prep["config"]
     image = rng.uniform(size=(50, 70, 3)).astype(np.float32)  # not square: shorter side resized, centre-cropped
     base = jnp.asarray(ti.base_image(image, cfg.resolution))
     assert base.shape == (80, 80, 3)  # int(64 * 5/4)
@@ -144,9 +148,6 @@ def test_training_step_matches_the_official_torch_step_and_writes_files(sd, rng,
     np.testing.assert_allclose(row.detach().numpy(), out["embedding"], rtol=1e-6)
 
 
-AUG = jax.jit(lambda k, b, aug: ti.augment(k, b, aug, 32))
-
-
 def _aug(**kw):
     c = get_config().textual_inversion
     off = dict(aug_rotate_p=0.0, aug_jitter_p=0.0, aug_gray_p=0.0, aug_blur_p=0.0, aug_flip_p=0.0,
@@ -156,24 +157,27 @@ def _aug(**kw):
     return ti.augment_params(c)
 
 
-def test_augmentations_closed_forms(rng):
-    base = jnp.asarray(rng.uniform(size=(40, 40, 3)).astype(np.float32))
+def test_augmentations_closed_forms(prep, rng):
+    """Through the trainer's own jitted draws (tiny: 2 views of 64 px from an 80 px base), with other params."""
+    draws = prep["trainer"]["draws"]
+    base = jnp.asarray(rng.uniform(size=(80, 80, 3)).astype(np.float32))
     key = jax.random.key(0)
-    # nothing random on: RandomResizedCrop of the whole image = a plain bilinear resize 40 -> 32
-    plain = AUG(key, base, _aug())
-    np.testing.assert_allclose(plain, resize(base, (32, 32)), atol=2e-6)
+    view = lambda b, k=key, **kw: draws(k, b, _aug(**kw))["views"][0]  # noqa: E731
+    # nothing random on: RandomResizedCrop of the whole image = a plain bilinear resize 80 -> 64
+    plain = view(base)
+    np.testing.assert_allclose(plain, resize(base, (64, 64)), atol=2e-6)
     # flip p=1 mirrors the same draw; grayscale p=1 gives the 0.299/0.587/0.114 grey in all channels
-    np.testing.assert_allclose(AUG(key, base, _aug(aug_flip_p=1.0)), plain[:, ::-1], atol=2e-6)
-    gray = AUG(key, base, _aug(aug_gray_p=1.0))
+    np.testing.assert_allclose(view(base, aug_flip_p=1.0), plain[:, ::-1], atol=2e-6)
+    gray = view(base, aug_gray_p=1.0)
     np.testing.assert_allclose(gray[..., 0], plain @ jnp.array([0.299, 0.587, 0.114]), atol=2e-6)
     np.testing.assert_allclose(gray[..., 0], gray[..., 2])
     # blur p=1 of a constant image is the constant (reflect padding, normalised kernel)
-    np.testing.assert_allclose(AUG(key, jnp.full((40, 40, 3), 0.3), _aug(aug_blur_p=1.0)), 0.3, atol=1e-6)
+    np.testing.assert_allclose(view(jnp.full((80, 80, 3), 0.3), aug_blur_p=1.0), 0.3, atol=1e-6)
     # rotating the whole (uncropped) black image brings in white corners and keeps the centre black
-    rot = _aug(aug_rotate_p=1.0, aug_rotate_crop=1.25)
-    outs = [np.asarray(AUG(jax.random.key(s), jnp.zeros((40, 40, 3)), rot)) for s in range(4)]
+    outs = [np.asarray(view(jnp.zeros((80, 80, 3)), jax.random.key(s), aug_rotate_p=1.0, aug_rotate_crop=1.25))
+            for s in range(4)]
     assert min(o[[0, 0, -1, -1], [0, -1, 0, -1]].mean() for o in outs) > 0.2
-    assert max(float(o[12:20, 12:20].max()) for o in outs) == 0.0
+    assert max(float(o[24:40, 24:40].max()) for o in outs) == 0.0
     # crop boxes stay inside the image; an impossible scale falls back to the whole image
     box = jax.jit(jax.vmap(lambda k, s: jnp.stack(ti._resized_crop_box(k, 640.0, s, jnp.array([0.75, 4 / 3]))),
                            in_axes=(0, None)))

@@ -16,7 +16,6 @@ from jax.sharding import Mesh  # noqa: E402
 
 from configs.priors import get_config  # noqa: E402
 from four_d.priors import common, video  # noqa: E402
-from four_d.priors import sd as sdm  # noqa: E402
 
 TOL = 1e-4
 FRAMES = 4
@@ -64,7 +63,7 @@ def torch_twin(p):
 
 @pytest.fixture(scope="module")
 def prior():
-    sd, sd_params = sdm.load_stable_diffusion(tiny.sd_folder(True))
+    sd, sd_params = tiny.loaded_sd()
     unet = TinyVideoUNet()
     shapes = jax.eval_shape(unet.init, jax.random.key(0), jnp.zeros((1, 4, FRAMES, 4, 4)), jnp.zeros(1),
                             jnp.zeros((1, 3, tiny.HIDDEN)))["params"]
@@ -130,16 +129,13 @@ def test_video_step_matches_the_official_torch_step(prior, rng):
         fn(prior["params"], key, clips[0, 0], prior["emb"])
 
 
-def test_mean_frame_divides_by_the_frame_count(prior, rng):
+def test_mean_frame_divides_by_the_frame_count():
+    """--mean_frame: the divisor becomes B x F (the sum over frames is the default); the core applies it
+    (tests/test_priors_sds.py checks the normaliser arithmetic)."""
     cfg = get_config("tiny").video
+    assert video.video_normaliser(cfg, 1, FRAMES) is None  # official default: / B
     cfg.mean_frame = True
-    mean_fn = video.make_video_sds(prior["model"], cfg)
-    clips = jnp.asarray(rng.uniform(size=SHAPE).astype(np.float32))
-    key = jax.random.key(3)
-    (l_sum, _), _ = prior["vg"](clips, key, jnp.zeros(1), jnp.asarray(False), prior["sds"].function.knobs())
-    l_mean, aux = mean_fn(prior["params"], key, clips, prior["emb"], use_view=False)
-    np.testing.assert_allclose(float(l_mean) * FRAMES, float(l_sum), rtol=1e-5)
-    assert float(aux["normaliser"]) == FRAMES
+    assert video.video_normaliser(cfg, 2, FRAMES) == 2 * FRAMES
 
 
 def test_sharded_frames_equal_one_device(prior, rng):

@@ -51,14 +51,15 @@ def load_controlnet_tile(sd_folder, controlnet_folder, dtype="float32", learned_
     learned_embeds: a textual-inversion file (learned_embeds.bin / .safetensors) to add to the tokenizer and
     text encoder, as the official pipe.load_textual_inversion (four_d/priors/textual_inversion.py).
     """
-    model, params = sd_lib.load_stable_diffusion(sd_folder, dtype, **overrides)
     jdtype = loading.parse_dtype(dtype, "four_d/priors/controlnet.py")
     cn_cfg = loading.read_json(os.path.join(loading.require_dir(controlnet_folder), "config.json"))
+    unet_cfg = loading.read_json(os.path.join(loading.require_dir(sd_folder, "unet"), "config.json"))
     for key in ("block_out_channels", "cross_attention_dim", "down_block_types", "layers_per_block"):
-        a, b = cn_cfg.get(key), dict(model.unet.config).get(key)
+        a, b = cn_cfg.get(key), unet_cfg.get(key)
         if tuple(np.atleast_1d(a)) != tuple(np.atleast_1d(b)):
             raise ValueError(f"{controlnet_folder}/config.json: ControlNet {key} {a} does not match the UNet's {b} "
-                             f"({sd_folder}/unet)")
+                             f"({sd_folder}/unet/config.json)")
+    model, params = sd_lib.load_stable_diffusion(sd_folder, dtype, **overrides)
     cn, cn_p = loading.load_controlnet(controlnet_folder, jdtype, **overrides)
     params = dict(params, controlnet=cn_p)
     if learned_embeds is not None:

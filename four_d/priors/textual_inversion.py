@@ -356,7 +356,8 @@ def make_train_step(model, frozen, cfg, text_model, token_id, templates_ids):
     """Jitted pieces of one textual-inversion step learning the embedding row `token_id`.
 
     Returns dict(step, draws, loss_given, tx):
-      draws(key, base) -> dict(views [B, R, R, 3], template [B], latent_eps, t [B], noise)  (the random part)
+      draws(key, base, aug_params=None) -> dict(views [B, R, R, 3], template [B], latent_eps, t [B], noise)
+                                      (the random part; aug_params from augment_params, default the config's)
       step(vector, opt_state, draws) -> (vector, opt_state, loss, grad)   (grad: d loss / d vector)
       loss_given(vector, draws) -> loss  (the deterministic loss)
     Two jitted calls per step: the augmentations compile once, apart from the model.
@@ -376,7 +377,7 @@ def make_train_step(model, frozen, cfg, text_model, token_id, templates_ids):
     table0 = _table(frozen["text_encoder"])
     aug = augment_params(cfg)
 
-    def draws(key, base):
+    def draws(key, base, aug):
         k_aug, k_tpl, k_lat, k_t, k_noise = jax.random.split(key, 5)
         views = jax.vmap(lambda k: augment(k, base, aug, res, int(cfg.aug_blur_kernel)))(jax.random.split(k_aug, b))
         return dict(views=views, template=jax.random.randint(k_tpl, (b,), 0, templates_ids.shape[0]),
@@ -399,7 +400,12 @@ def make_train_step(model, frozen, cfg, text_model, token_id, templates_ids):
         updates, opt_state = tx.update(grad, opt_state, vector)
         return optax.apply_updates(vector, updates), opt_state, loss, grad
 
-    return dict(step=step, draws=jax.jit(draws), loss_given=loss_given, tx=tx)
+    draws_jit = jax.jit(draws)
+
+    def draws_fn(key, base, aug_params=None):
+        return draws_jit(key, base, aug if aug_params is None else aug_params)
+
+    return dict(step=step, draws=draws_fn, loss_given=loss_given, tx=tx)
 
 
 def prepare_textual_inversion(model, params, placeholder_token, initializer_token, config):

@@ -95,6 +95,11 @@ def video_draws(key, vae, batch, frames, size, min_step, max_step):
                 noise=jax.random.normal(k_noise, (batch, c, frames, h, w), jnp.float32))
 
 
+def video_normaliser(config, batch, frames):
+    """The loss divisor: None (the reduction's, B for "sum": official --mean_frame off) or B x F (mean_frame)."""
+    return batch * frames if config.mean_frame else None
+
+
 def video_sds_given(model, config, params, clips, embeddings, azimuth, use_view, draws, knobs, mesh=None):
     """The deterministic video SDS step given its draws (video_draws). See make_video_sds."""
     b, f, hh, ww, _ = clips.shape
@@ -116,12 +121,11 @@ def video_sds_given(model, config, params, clips, embeddings, azimuth, use_view,
         out = common.constrain(out.astype(jnp.float32), mesh, frames_spec)
         return out[:b], out[b:]
 
-    normaliser = b * f if config.mean_frame else None  # official: / B, or / (B F) with --mean_frame
     return sds.score_distillation(
         latents, draws["noise"], draws["t"], jnp.asarray(model.alphas_cumprod), predict,
         guidance_scale=knobs["guidance_scale"], cfg_form=config.cfg_form, weighting_strategy=config.weighting,
         grad_scale=knobs["grad_scale"], grad_clip=knobs["grad_clip"], loss_target=config.loss_target,
-        loss_reduction=config.loss_reduction, normaliser=normaliser)
+        loss_reduction=config.loss_reduction, normaliser=video_normaliser(config, b, f))
 
 
 def make_video_sds(model, config=None, mesh=None):

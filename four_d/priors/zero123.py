@@ -54,6 +54,7 @@ class Zero123:
     alphas_cumprod: np.ndarray
     folder: str
     projection_folder: str
+    jit_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_train_timesteps(self):
@@ -151,10 +152,26 @@ def clip_image_embedding(model, params, image):
     """
     pixels = np.floor(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     values = model.image_processor(images=pixels, return_tensors="np").pixel_values
-    pooled = model.image_encoder(jnp.asarray(values, model.image_encoder.dtype),
-                                 params=params["image_encoder"]).pooler_output
-    emb = pooled.astype(jnp.float32) @ params["visual_projection"]["kernel"].astype(jnp.float32)
-    return emb[:, None, :]
+    return _clip_forward(model)(params["image_encoder"], params["visual_projection"], jnp.asarray(values))
+
+
+def _clip_forward(model):
+    """jit of pooled CLIP vision output @ visual_projection, cached on the model (eager Flax is slow)."""
+    if "clip" not in model.jit_cache:
+        enc = model.image_encoder
+
+        def fwd(enc_params, proj, values):
+            pooled = enc(values.astype(enc.dtype), params=enc_params).pooler_output
+            return (pooled.astype(jnp.float32) @ proj["kernel"].astype(jnp.float32))[:, None, :]
+
+        model.jit_cache["clip"] = jax.jit(fwd)
+    return model.jit_cache["clip"]
+
+
+def _vae_forward(model):
+    if "vae" not in model.jit_cache:
+        model.jit_cache["vae"] = jax.jit(lambda p, x, eps: common.vae_encode(model.vae, p, x, eps, scale=False))
+    return model.jit_cache["vae"]
 
 
 def encode_reference(model, params, image, key=None, sample=True, eps=None):
@@ -173,7 +190,7 @@ def encode_reference(model, params, image, key=None, sample=True, eps=None):
         if key is None:
             raise ValueError("four_d/priors/zero123.py encode_reference: sample=True needs a key (or eps)")
         eps = jax.random.normal(key, common.latent_shape(model.vae, 1, image.shape[0]), jnp.float32)
-    latent = common.vae_encode(model.vae, params["vae"], x, eps if sample else None, scale=False)
+    latent = _vae_forward(model)(params["vae"], x, eps if sample else None)
     return dict(clip=clip_image_embedding(model, params, image), latent=latent)
 
 
