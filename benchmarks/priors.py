@@ -125,8 +125,8 @@ def memory_rows(bench, dtypes, priors, attentions=("full",)):
 
 
 def _memory_rows(bench, dname, priors, attention):
-    """Rows for one dtype; attention "mem-eff" builds the UNets with use_memory_efficient_attention (chunked
-    attention, as the official runs use xformers); diffusers' FlaxControlNetModel has no such option."""
+    """Rows for one dtype; attention "mem-eff" builds the UNets with use_memory_efficient_attention and the
+    ControlNet through loading.controlnet_attention (chunked attention, as the official runs use xformers)."""
     from diffusers import FlaxAutoencoderKL, FlaxControlNetModel, FlaxUNet2DConditionModel
 
     loading.use_exact_gelu()  # as the loaders do: the PyTorch models' exact GELU in the Flax GEGLU
@@ -168,6 +168,7 @@ def _memory_rows(bench, dname, priors, attention):
                      fn.function.knobs()), _bytes(params), dname, dict(image=cfg.image_size, batch=1, **tag))
     if "controlnet" in priors:
         cfg = get_config("paper").controlnet
+        cfg.memory_efficient_attention = attention == "mem-eff"  # the ControlNet's own attention (context manager)
         cnet = FlaxControlNetModel.from_config(SD15_CONTROLNET, dtype=dtype)
         cn_s = _cast_shapes(_shapes(cnet), dtype)
         model = cn_lib.ControlNetTile(sd_lib.StableDiffusion(unet, vae, None, None, alphas, ""), cnet, "")

@@ -62,6 +62,9 @@ def get_config(arg=None):
         loss_reduction="sum",  # official (mean_sds off)
         negative_prompt="",  # official --negative '' (embedding order [negative, positive])
         view_suffixes=("front", "side", "back"),  # official f"{text}, {d} view" for d in front/side/back
+        # Chunked attention in the UNet (use_memory_efficient_attention): the same values with less memory,
+        # as the official xformers; off by default here (512 px fits; plain attention is faster on CPU).
+        memory_efficient_attention=False,
         dtype="float32",
     )
 
@@ -83,6 +86,7 @@ def get_config(arg=None):
         reference_radius=1.8,  # official ref_radii [default_radius 1.8]
         loss_target="mse",  # official --new_sds
         loss_reduction="sum",
+        memory_efficient_attention=False,  # as sd
         dtype="float32",
     )
 
@@ -121,6 +125,9 @@ def get_config(arg=None):
         conditioning_scale=1.0,  # official --cn_scale 1.0
         controlnet_prompt="best quality, high resolution",  # official --cn_cn_text
         negative_prompt="",
+        # Chunked attention in the ControlNet and the UNet (official: xformers). At 1024 px the full
+        # self-attention scores alone are ~34 GB per layer in float32 (benchmarks/priors.py), so it is on.
+        memory_efficient_attention=True,
         dtype="float32",
     )
 

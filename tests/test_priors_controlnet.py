@@ -125,3 +125,16 @@ def test_mismatched_controlnet_fails_clearly(tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="cross_attention_dim"):
         cnm.load_controlnet_tile(tiny.sd_folder(True), str(bad))
+
+
+def test_memory_efficient_attention_switch(prior):
+    """loading.controlnet_attention makes the ControlNet trace chunked attention (a scan) only inside the context."""
+    cn, p = prior["model"].controlnet, prior["params"]["controlnet"]
+    args = (jnp.zeros((2, 4, 8, 8)), jnp.zeros(2, jnp.int32), jnp.zeros((2, 16, tiny.HIDDEN)),
+            jnp.zeros((2, 3, 64, 64)))
+    texts = {}
+    for flag in (False, True):
+        with loading.controlnet_attention(flag):
+            texts[flag] = str(jax.make_jaxpr(lambda q, *a: cn.apply({"params": q}, *a, return_dict=False))(p, *args))
+    assert "scan" in texts[True] or "while" in texts[True]
+    assert "scan" not in texts[False] and "while" not in texts[False]

@@ -60,7 +60,7 @@ def load_controlnet_tile(sd_folder, controlnet_folder, dtype="float32", learned_
             raise ValueError(f"{controlnet_folder}/config.json: ControlNet {key} {a} does not match the UNet's {b} "
                              f"({sd_folder}/unet/config.json)")
     model, params = sd_lib.load_stable_diffusion(sd_folder, dtype, **overrides)
-    cn, cn_p = loading.load_controlnet(controlnet_folder, jdtype, **overrides)
+    cn, cn_p = loading.load_controlnet(controlnet_folder, jdtype)  # its attention: config, controlnet_attention
     params = dict(params, controlnet=cn_p)
     if learned_embeds is not None:
         from four_d.priors import textual_inversion
@@ -75,7 +75,8 @@ def load_controlnet_tile(sd_folder, controlnet_folder, dtype="float32", learned_
 def build_controlnet_prior(sd_folder, controlnet_folder, config=None, learned_embeds=None, mesh=None):
     """(model, params, sds) from local SD 1.5 + ControlNet folders with config (configs/priors.py controlnet)."""
     config = config or get_config().controlnet
-    model, params = load_controlnet_tile(sd_folder, controlnet_folder, config.dtype, learned_embeds)
+    model, params = load_controlnet_tile(sd_folder, controlnet_folder, config.dtype, learned_embeds,
+                                         use_memory_efficient_attention=bool(config.memory_efficient_attention))
     return model, params, make_controlnet_sds(model, config, mesh)
 
 
@@ -125,8 +126,10 @@ def controlnet_sds_given(model, config, params, frames, cond_frames, embeddings,
     def predict(noisy, tt):
         inp = common.constrain(jnp.concatenate([noisy, noisy], 0), mesh, spec)
         tt2 = jnp.concatenate([tt, tt], 0)
-        down, mid = cn.apply({"params": params["controlnet"]}, inp.astype(cn.dtype), tt2, cn_context.astype(cn.dtype),
-                             cond.astype(cn.dtype), float(config.conditioning_scale), return_dict=False)
+        with loading.controlnet_attention(bool(config.memory_efficient_attention)):
+            down, mid = cn.apply({"params": params["controlnet"]}, inp.astype(cn.dtype), tt2,
+                                 cn_context.astype(cn.dtype), cond.astype(cn.dtype), float(config.conditioning_scale),
+                                 return_dict=False)
         out = sd_lib.unet_eps(sd.unet, params["unet"], inp, tt2, context, mesh,
                               down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
         return out[:f], out[f:]

@@ -14,6 +14,7 @@ Config keys that the Flax classes of diffusers 0.39 silently ignore are checked:
 (e.g. a UNet with class embeddings) is refused with the file and key named, rather than run wrongly.
 """
 
+import contextlib
 import json
 import os
 
@@ -103,6 +104,35 @@ def use_exact_gelu():
 
     ExactGELUGEGLU.__name__ = "FlaxGEGLU"
     attention_flax.FlaxGEGLU = ExactGELUGEGLU
+
+
+@contextlib.contextmanager
+def controlnet_attention(memory_efficient):
+    """Within the context, diffusers' FlaxControlNetModel builds its cross-attention blocks with
+    use_memory_efficient_attention=memory_efficient (chunked attention; the class has no option for it).
+
+    Flax runs `setup` when the module is applied (traced), and FlaxControlNetModel.setup looks its block
+    classes up in its module namespace, so wrapping `controlnet.apply` (inside jit) in this context selects the
+    attention for that trace only. At 1024 px (128 x 128 latents) the full self-attention scores of the
+    ControlNet alone take ~34 GB per layer in float32 (benchmarks/priors.py); the official runs use xformers.
+    """
+    from diffusers.models.controlnets import controlnet_flax as cf
+    from diffusers.models.unets import unet_2d_blocks_flax as blocks
+
+    saved = cf.FlaxCrossAttnDownBlock2D, cf.FlaxUNetMidBlock2DCrossAttn
+    if memory_efficient:
+        class MemoryEfficientCrossAttnDownBlock2D(blocks.FlaxCrossAttnDownBlock2D):
+            use_memory_efficient_attention: bool = True
+
+        class MemoryEfficientUNetMidBlock2DCrossAttn(blocks.FlaxUNetMidBlock2DCrossAttn):
+            use_memory_efficient_attention: bool = True
+
+        cf.FlaxCrossAttnDownBlock2D = MemoryEfficientCrossAttnDownBlock2D
+        cf.FlaxUNetMidBlock2DCrossAttn = MemoryEfficientUNetMidBlock2DCrossAttn
+    try:
+        yield
+    finally:
+        cf.FlaxCrossAttnDownBlock2D, cf.FlaxUNetMidBlock2DCrossAttn = saved
 
 
 def parse_dtype(name, where="four_d/priors"):

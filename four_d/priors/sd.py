@@ -81,6 +81,7 @@ def load_stable_diffusion(folder, dtype="float32", **unet_overrides):
 def build_sd_prior(folder, config=None, mesh=None, **unet_overrides):
     """(model, params, sds) from a local SD 1.x folder with everything taken from config (configs/priors.py sd)."""
     config = config or get_config().sd
+    unet_overrides.setdefault("use_memory_efficient_attention", bool(config.memory_efficient_attention))
     model, params = load_stable_diffusion(folder, config.dtype, **unet_overrides)
     return model, params, make_sd_sds(model, config, mesh)
 

@@ -246,6 +246,7 @@ def camera_from_token(token, ref_polar=90.0, ref_azimuth=0.0, ref_radius=1.8):
 def build_zero123_prior(folder, config=None, mesh=None, **unet_overrides):
     """(model, params, sds) from a local zero123 folder with config (configs/priors.py zero123)."""
     config = config or get_config().zero123
+    unet_overrides.setdefault("use_memory_efficient_attention", bool(config.memory_efficient_attention))
     model, params = load_zero123(folder, config.dtype, **unet_overrides)
     return model, params, make_zero123_sds(model, config, mesh)
 
