@@ -286,10 +286,16 @@ def _torch_sds(tm, prior, cfg, images, draws, extra):
 
 
 def speed_rows(bench, repeats, priors):
+
+    with tempfile.TemporaryDirectory(prefix="bench-priors-") as root:
+        _speed_rows(bench, repeats, priors, root)
+    bench.add("video step, tiny", note="the UNet3D step is timed by benchmarks/unet3d.py (UNet3D port)")
+
+
+def _speed_rows(bench, repeats, priors, root):
     import torch
 
     cfgs = get_config("paper")
-    root = tempfile.mkdtemp(prefix="bench-priors-")
     tm = _save_tiny(root)
     alphas = loading.load_alphas_cumprod(os.path.join(root, "scheduler"))
     unet, unet_p = loading.load_unet2d(os.path.join(root, "unet"))
@@ -355,7 +361,6 @@ def speed_rows(bench, repeats, priors):
                    loss_rel_err=float(f"{abs(float(jl) - float(tl)) / abs(float(tl)):.2e}"),
                    grad_rel_err=float(f"{np.abs(np.asarray(jg) - tg.numpy().transpose(0, 2, 3, 1)).max() / np.abs(tg.numpy()).max():.2e}"))  # noqa: E501
         print(f"  {row}", flush=True)
-    bench.add("video step, tiny", note="the UNet3D step is timed by benchmarks/unet3d.py (UNet3D port)")
 
 
 def main(argv=None):

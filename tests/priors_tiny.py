@@ -68,7 +68,8 @@ def write_tokenizer(folder):
         json.dump({t: i for i, t in enumerate(vocab)}, f)
     with open(os.path.join(tmp, "merges.txt"), "w") as f:
         f.write("\n".join(merges) + "\n")
-    tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), model_max_length=16)
+    # 77 as CLIP: character-level templates plus the placeholder token fit without truncation
+    tok = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), model_max_length=77)
     tok.save_pretrained(folder)
     return tok
 
@@ -77,7 +78,7 @@ def text_config(vocab_size):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=16, projection_dim=HIDDEN,
+                          num_attention_heads=4, max_position_embeddings=77, projection_dim=HIDDEN,
                           bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
 

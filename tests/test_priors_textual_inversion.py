@@ -131,10 +131,15 @@ def test_training_step_matches_the_official_torch_step_and_writes_files(prep, rn
     vec1, _, loss, grad = trainer["step"](jnp.asarray(prep["init"]), trainer["tx"].init(jnp.asarray(prep["init"])),
                                           draws)
     assert draws["views"].shape == (2, 64, 64, 3) and float(draws["views"].min()) >= 0
+    ids = np.asarray(prep["template_ids"])[np.asarray(draws["template"])]
+    assert np.all(np.any(ids == prep["token_id"], axis=1))  # the token is in every sampled prompt (not truncated)
+    assert np.abs(np.asarray(grad)).max() > 1e-6
     ref_loss, ref_grad, ref_vec = torch_official_step(prep, draws, cfg)
     assert abs(float(loss) - ref_loss) <= TOL * ref_loss
     assert tiny.rel_err(grad, ref_grad) <= TOL
-    np.testing.assert_allclose(vec1, ref_vec, rtol=1e-5, atol=1e-7)
+    # the AdamW update itself (first step ~ lr sign(g), weight decay 1e-2 x lr x row on top): float32 rounding
+    # of the row (~1e-8) against an update of ~1e-4 allows 1e-3 relative
+    np.testing.assert_allclose(np.asarray(vec1) - prep["init"], ref_vec - prep["init"], rtol=1e-3, atol=1e-9)
     # the loop: progress, checkpoints every save_steps, final files readable by diffusers
     out = ti.train_textual_inversion(None, image, TOKEN, "a", str(tmp_path), prepared=prep, progress=False)
     assert out["losses"].shape == (cfg.steps,) and np.all(np.isfinite(out["losses"]))
