@@ -81,11 +81,12 @@ def official_nets(tmp_path_factory):
 # ------------------------------------------------------------------------------------------ parity
 
 
-@pytest.mark.parametrize("kind,size", [("depth", (64, 96)), ("color", (130, 70))])
+@pytest.mark.parametrize("kind,size", [("depth", (64, 96)), ("color", (131, 69))])
 def test_official_net_matches_torch_reference(official_nets, kind, size):
-    """Official widths. Depth net at 64 x 96 (padded to 128 x 128), colour net at 130 x 70 (padded to
-    256 x 128 with odd, off-centre anchors 63 / 29): the padding and its mask 0 change the result (see the
-    next test), so a wrong anchor or pad value fails here."""
+    """Official widths. Depth net at 64 x 96 (padded to 128 x 128), colour net at 131 x 69 (padded to
+    256 x 128; odd residuals 125 / 59, so the anchors 62 / 29 leave the extra row / column below / right):
+    the padding and its mask 0 change the result (see the next test), so a wrong anchor or pad value fails
+    here."""
     ref, variables, _ = official_nets[kind]
     cfg = ip.DEPTH_NET if kind == "depth" else ip.COLOR_NET
     net = ip.PartialConvUNet(cfg)
@@ -116,11 +117,12 @@ def test_padding_anchor_changes_the_output():
 
 
 def test_pad_to_multiple_is_centred():
-    x = jnp.arange(130 * 70, dtype=jnp.float32).reshape(1, 130, 70, 1) + 1
+    x = jnp.arange(131 * 69, dtype=jnp.float32).reshape(1, 131, 69, 1) + 1
     padded, box = ip.pad_to_multiple(x, 128)
-    assert padded.shape == (1, 256, 128, 1) and box == (63, 29, 130, 70)
+    assert padded.shape == (1, 256, 128, 1) and box == (62, 29, 131, 69)  # residuals 125, 59: extra below/right
     p = np.asarray(padded)[0, ..., 0]
-    assert p[:63].sum() == 0 and p[193:].sum() == 0 and p[:, :29].sum() == 0 and p[:, 99:].sum() == 0
+    assert p[:62].sum() == 0 and p[193:].sum() == 0 and p[:, :29].sum() == 0 and p[:, 98:].sum() == 0
+    assert p[62:193, 29:98].min() > 0
     np.testing.assert_array_equal(np.asarray(ip.crop_from_multiple(padded, box)), np.asarray(x))
     same, box2 = ip.pad_to_multiple(x[:, :128, :64], 64)
     assert same.shape == (1, 128, 64, 1) and box2 == (0, 0, 128, 64)

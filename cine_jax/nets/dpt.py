@@ -597,8 +597,7 @@ def dpt_config_from_transformers(config, *, source):
     if not isinstance(config, Mapping):
         raise ValueError(f"{source}: expected a config dict, got {type(config).__name__}")
 
-    def get(key, default=None, cfg=config, where=""):
-        return cfg.get(key, default)
+    get = config.get
 
     def need(cond, what):
         if not cond:
