@@ -87,6 +87,15 @@ def hf(tmp_path_factory):
     return model, folder, cfg, variables
 
 
+@pytest.fixture(scope="module")
+def batch(hf):
+    """A batch of 4 random 64 x 64 inputs and our float32 single-device output on it (compiled once and
+    shared by the parity, bfloat16 and sharding tests)."""
+    _, _, cfg, variables = hf
+    x = np.random.default_rng(0).normal(size=(4, 64, 64, 3)).astype(np.float32)
+    return x, np.asarray(jax.jit(dpt.DPTHybrid(cfg).apply)(variables, x))
+
+
 def torch_depth(model, x_nhwc):
     with torch.no_grad():
         return model(torch.from_numpy(np.transpose(x_nhwc, (0, 3, 1, 2)))).predicted_depth.numpy()
@@ -95,14 +104,12 @@ def torch_depth(model, x_nhwc):
 # ------------------------------------------------------------------------------------------ parity
 
 
-def test_transformers_folder_matches_pytorch(hf, tmp_path):
+def test_transformers_folder_matches_pytorch(hf, batch, tmp_path):
     model, folder, cfg, variables = hf
     assert cfg.head_align_corners and cfg.layer_norm_eps == 1e-12 and cfg.stage_widths == (32, 64, 128)
-    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    x, got = batch
     want = torch_depth(model, x)
-    net = dpt.DPTHybrid(cfg)
-    got = np.asarray(jax.jit(net.apply)(variables, x))
-    assert got.shape == want.shape == (2, 64, 64) and want.std() > 1e-2
+    assert got.shape == want.shape == (4, 64, 64) and want.std() > 1e-2
     assert rel_err(got, want) <= 1e-4, rel_err(got, want)
     # the same weights from a pytorch_model.bin folder convert to the same params
     model.save_pretrained(str(tmp_path), safe_serialization=False)
@@ -111,24 +118,6 @@ def test_transformers_folder_matches_pytorch(hf, tmp_path):
     again = dpt.dpt_params_from_transformers_state_dict(
         sd, source="pytorch_model.bin", config=dpt.dpt_config_from_transformers(config_json, source="c"))
     assert jax.tree.all(jax.tree.map(np.array_equal, again, variables))
-
-
-def test_non_square_input_matches_transformers_components(hf):
-    """64 x 96: position embeddings resized from 4 x 4 to 4 x 6 (MiDaS forward_flex). DPTForDepthEstimation
-    itself only takes its configured square size, so its own components are composed as its forward does,
-    with the token grid passed to the neck."""
-    model, _, cfg, variables = hf
-    x = np.random.default_rng(1).normal(size=(1, 64, 96, 3)).astype(np.float32)
-    with torch.no_grad():
-        px = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)))
-        emb = model.dpt.embeddings(px, interpolate_pos_encoding=True)
-        enc = model.dpt.encoder(emb.last_hidden_states, output_hidden_states=True)
-        states = list(emb.intermediate_activations)
-        states += [enc.hidden_states[1:][i] for i in model.config.backbone_out_indices[2:]]
-        want = model.head(model.neck(states, 64 // 16, 96 // 16)).numpy()
-    got = np.asarray(jax.jit(dpt.DPTHybrid(cfg).apply)(variables, x))
-    assert got.shape == (1, 64, 96)
-    assert rel_err(got, want) <= 1e-4, rel_err(got, want)
 
 
 def midas_state_dict_from_transformers(sd, num_layers, hidden):
@@ -333,8 +322,10 @@ def test_preprocess_quantize_and_depth(rng):
 
 
 def test_depth_estimator_end_to_end(hf):
-    """The adapter on a 60 x 90 image with net_size 64 (network input 64 x 96): its disparity equals the
-    transformers model on the same pixels (composed for the non-square grid) upsampled with torch bicubic."""
+    """The adapter on a 60 x 90 image with net_size 64: network input 64 x 96, so the position embeddings are
+    resized from 4 x 4 to 4 x 6 (MiDaS forward_flex). DPTForDepthEstimation itself only takes its configured
+    square size, so its own components are composed as its forward does, with the token grid passed to the
+    neck; then torch bicubic upsampling to 60 x 90 as run_monodepth.py. Our disparity equals that."""
     model, _, cfg, variables = hf
     est = dpt.DPTDepthEstimator(variables, cfg, net_size=64)
     assert isinstance(est, DepthEstimator)
@@ -363,23 +354,21 @@ def test_depth_estimator_end_to_end(hf):
 # ------------------------------------------------------------------------------ precision, sharding
 
 
-def test_bfloat16_close_to_float32(hf):
+def test_bfloat16_close_to_float32(hf, batch):
     """bfloat16 compute (params float32): relative error <= 5e-2 of the output range."""
     _, _, cfg, variables = hf
-    x = np.random.default_rng(4).normal(size=(1, 64, 64, 3)).astype(np.float32)
-    f32 = np.asarray(jax.jit(dpt.DPTHybrid(cfg).apply)(variables, x))
+    x, f32 = batch
     bf16 = np.asarray(jax.jit(dpt.DPTHybrid(cfg, dtype=jnp.bfloat16).apply)(variables, x), np.float32)
     assert 0 < rel_err(bf16, f32) <= 5e-2, rel_err(bf16, f32)
 
 
-def test_sharded_batch_equals_single_device(hf, num_devices):
+def test_sharded_batch_equals_single_device(hf, batch, num_devices):
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     _, _, cfg, variables = hf
     net = dpt.DPTHybrid(cfg)
-    x = np.random.default_rng(5).normal(size=(4, 64, 64, 3)).astype(np.float32)
-    single = np.asarray(jax.jit(net.apply)(variables, x))
+    x, single = batch
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     out = jax.jit(net.apply, out_shardings=NamedSharding(mesh, P("data")))(
         jax.device_put(variables, NamedSharding(mesh, P())), jax.device_put(x, NamedSharding(mesh, P("data"))))
