@@ -209,6 +209,8 @@ def test_real_size_layouts_match_transformers_and_midas_facts():
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     cfg = dpt.dpt_config_from_transformers(hf_cfg.to_dict(), source="config.json")
     assert dpt.transformers_key_shapes(cfg) == want
+    no_backbone = {k: v for k, v in hf_cfg.to_dict().items() if k != "backbone_config"}  # transformers' default
+    assert dpt.dpt_config_from_transformers(no_backbone, source="config.json") == cfg
     official = dpt.DPTHybridConfig()
     assert cfg.to_dict() == {**official.to_dict(), "layer_norm_eps": 1e-12, "head_align_corners": True,
                              "backbone_out_indices": [2, 5, 8, 11]}

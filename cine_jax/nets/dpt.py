@@ -614,7 +614,9 @@ def dpt_config_from_transformers(config, *, source):
     need(get("head_in_index", -1) == -1, f"head_in_index {get('head_in_index')}")
     need(list(get("neck_ignore_stages", [0, 1])) == [0, 1], f"neck_ignore_stages {get('neck_ignore_stages')}")
     need(get("num_channels", 3) == 3, f"num_channels {get('num_channels')}")
-    bb = get("backbone_config") or {}
+    # transformers' DPTConfig fills a missing hybrid backbone_config with this BiT setting
+    bb = get("backbone_config") or {"global_padding": "same", "layer_type": "bottleneck", "depths": [3, 4, 9],
+                                    "embedding_dynamic_padding": True}
     need(isinstance(bb, Mapping), "backbone_config must be a dict")
     need(bb.get("model_type", "bit") == "bit", f"backbone model_type {bb.get('model_type')!r} (expected 'bit')")
     need(bb.get("layer_type", "preactivation") == "bottleneck", f"BiT layer_type {bb.get('layer_type')!r}")
