@@ -11,6 +11,8 @@ both checkpoint formats, the pipeline-folder layout, and the two attention optio
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,9 @@ from jax.sharding import PartitionSpec as P
 
 from four_d.priors.unet3d import (
     MODELSCOPE_T2V_UNET_CONFIG,
+    FlaxTemporalConvLayer,
     FlaxUNet3DConditionModel,
+    convert_torch_state_dict,
     count_params,
     expected_torch_state_dict,
     flax_path_to_torch_key,
@@ -199,6 +203,35 @@ def test_nearest_indices_match_torch_interpolate(in_size, out_size):
     x = torch.arange(in_size, dtype=torch.float32)[None, None, :, None].expand(1, 1, in_size, 2)
     ref = torch.nn.functional.interpolate(x, size=(out_size, 2), mode="nearest")[0, 0, :, 0].numpy()
     np.testing.assert_array_equal(nearest_indices(in_size, out_size), ref.astype(np.int64))
+
+
+def test_temporal_conv_layer_matches_torch_and_drops_out():
+    """The layer alone against diffusers' TemporalConvLayer (eval mode); deterministic=False applies its dropout."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    layer = TemporalConvLayer(8, 8, dropout=0.1, norm_num_groups=4).eval()
+    _randomize(layer, seed=3)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 8, 5, 3)).astype(np.float32)  # [B*F, C, H, W] with B = 2, F = 3
+    with torch.no_grad():
+        ref = layer(torch.from_numpy(x), num_frames=3).numpy()
+    ours = FlaxTemporalConvLayer(8, 4)
+    # Named as inside a block (temp_convs.0.*) so the converter's Sequential-index mapping applies.
+    sd = {f"temp_convs.0.{k}": v.numpy() for k, v in layer.state_dict().items()}
+    shapes = jax.eval_shape(lambda key: ours.init(key, x.transpose(0, 2, 3, 1), 3), jax.random.PRNGKey(0))["params"]
+    params = {"params": convert_torch_state_dict(sd, {"temp_convs_0": shapes})["temp_convs_0"]}
+    out = ours.apply(params, x.transpose(0, 2, 3, 1), 3)
+    assert _rel(np.asarray(out).transpose(0, 3, 1, 2), ref) <= PARITY_RTOL
+    drop = [np.asarray(ours.apply(params, x.transpose(0, 2, 3, 1), 3, deterministic=False,
+                                  rngs={"dropout": jax.random.PRNGKey(k)})) for k in (0, 0, 1)]
+    np.testing.assert_array_equal(drop[0], drop[1])
+    assert not np.allclose(drop[0], out) and not np.allclose(drop[0], drop[2])
+
+
+def test_import_does_not_pull_torch_or_diffusers():
+    code = "import sys, four_d.priors.unet3d; sys.exit(int('torch' in sys.modules or 'diffusers' in sys.modules))"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), JAX_PLATFORMS="cpu")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
 def test_modelscope_config_maps_key_for_key_onto_diffusers():
