@@ -152,7 +152,10 @@ def _abstract(tree, dtype):
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), tree)
 
 
-def memory_row(bench, name, fn, args, param_bytes):
+BF16_NOTE = "XLA:CPU computes bf16 dots/convs in f32 (converts): temporaries overstate a GPU's"
+
+
+def memory_row(bench, name, fn, args, param_bytes, note=""):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     ctime = time.perf_counter() - t0
@@ -163,7 +166,7 @@ def memory_row(bench, name, fn, args, param_bytes):
     total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
     bench.add(name, params_gb=round(param_bytes / GB, 3), args_gb=round(m.argument_size_in_bytes / GB, 3),
               temp_gb=round(m.temp_size_in_bytes / GB, 3), out_gb=round(m.output_size_in_bytes / GB, 4),
-              total_gb=round(total / GB, 3), under_24gb=bool(total < 24 * GB), compile_s=round(ctime, 1))
+              total_gb=round(total / GB, 3), under_24gb=bool(total < 24 * GB), compile_s=round(ctime, 1), note=note)
 
 
 def bench_real(bench, frames, size, which):
@@ -191,16 +194,17 @@ def bench_real(bench, frames, size, which):
         t2 = jax.ShapeDtypeStruct((2,), jnp.int32)
         ctx = jax.ShapeDtypeStruct((2, TEXT_LEN, cross), dtype)
         label = f"{jnp.dtype(dtype).name}{', mem-efficient attention' if mem_eff else ''}"
+        note = BF16_NOTE if dtype == jnp.bfloat16 else ""
         if kind == "forward":
             memory_row(bench, f"CFG forward (2, 4, {frames}, {size}, {size}), {label}", unet, (p, lat, t2, ctx),
-                       param_bytes)
+                       param_bytes, note)
         elif kind == "sds":
             one = jax.ShapeDtypeStruct((1, 4, frames, size, size), jnp.float32)
             memory_row(bench, f"SDS step (CFG forward + guidance), {label}", sds_grad,
-                       (p, one, one, jax.ShapeDtypeStruct((), jnp.int32), ctx), param_bytes)
+                       (p, one, one, jax.ShapeDtypeStruct((), jnp.int32), ctx), param_bytes, note)
         else:
             memory_row(bench, f"forward + VJP wrt latents (2, 4, {frames}, {size}, {size}), {label}", forward_vjp,
-                       (p, lat, t2, ctx, lat), param_bytes)
+                       (p, lat, t2, ctx, lat), param_bytes, note)
 
 
 def main():
