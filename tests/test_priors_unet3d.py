@@ -310,6 +310,20 @@ def test_wrong_shape_missing_and_unexpected_keys_are_named(tmp_path, tmp_path_fa
     assert "unexpected key 'up_blocks.1.attentions.0.extra.weight'" in msg
 
 
+@pytest.mark.parametrize("safe", [True, False])
+def test_sharded_fp16_variant_loads_the_same_weights(safe, tmp_path, tmp_path_factory):
+    """save_pretrained(variant="fp16", max_shard_size=...) in float16: shards + index, both formats."""
+    case = get_case("frames3_odd", tmp_path_factory)
+    half = diffusers.UNet3DConditionModel.from_pretrained(case["unet_dir"]).to(torch.float16)
+    half.save_pretrained(tmp_path, variant="fp16", max_shard_size="300KB", safe_serialization=safe)
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("diffusion_pytorch_model.fp16-")]) > 1
+    with pytest.raises(ValueError, match="pass variant"):
+        load_unet3d(str(tmp_path))
+    _, params = load_unet3d(str(tmp_path), variant="fp16")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(case["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-3)  # float16 rounding
+
+
 def test_folder_and_config_errors(tmp_path, tmp_path_factory):
     with pytest.raises(ValueError, match="not a directory"):
         load_unet3d(str(tmp_path / "nowhere"))

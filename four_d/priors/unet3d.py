@@ -88,10 +88,6 @@ MODELSCOPE_T2V_UNET_CONFIG = {
 }
 
 
-def _name(obj):
-    return obj.__name__ if hasattr(obj, "__name__") else str(obj)
-
-
 def validate_unet3d_config(
     *,
     in_channels,
@@ -993,15 +989,23 @@ def resolve_unet3d_folder(folder):
     raise ValueError(f"{folder}: no config.json here or in {os.path.join(folder, 'unet')}")
 
 
+def _add_variant(name, variant):
+    """diffusers' file naming: the variant goes before the last extension ("a.safetensors.index.json" ->
+    "a.safetensors.index.fp16.json")."""
+    if not variant:
+        return name
+    parts = name.split(".")
+    return ".".join(parts[:-1] + [variant, parts[-1]])
+
+
 def load_unet3d_state_dict(folder, variant=None):
     """(path, {name: np.ndarray}) of the UNet weights in `folder` (safetensors preferred, then .bin; sharded
-    checkpoints through their .index.json)."""
-    suffix = f".{variant}" if variant else ""
+    checkpoints through their .index.json; `variant` such as "fp16" as diffusers names the files)."""
     candidates = [
-        (f"{WEIGHTS_NAME}{suffix}.safetensors", _read_safetensors, False),
-        (f"{WEIGHTS_NAME}{suffix}.safetensors.index.json", _read_safetensors, True),
-        (f"{WEIGHTS_NAME}{suffix}.bin", _read_torch_bin, False),
-        (f"{WEIGHTS_NAME}{suffix}.bin.index.json", _read_torch_bin, True),
+        (_add_variant(f"{WEIGHTS_NAME}.safetensors", variant), _read_safetensors, False),
+        (_add_variant(f"{WEIGHTS_NAME}.safetensors.index.json", variant), _read_safetensors, True),
+        (_add_variant(f"{WEIGHTS_NAME}.bin", variant), _read_torch_bin, False),
+        (_add_variant(f"{WEIGHTS_NAME}.bin.index.json", variant), _read_torch_bin, True),
     ]
     for name, reader, sharded in candidates:
         path = os.path.join(folder, name)
