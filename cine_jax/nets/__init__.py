@@ -1,0 +1,141 @@
+"""The learned networks of 3D Cinemagraphy as Flax Linen modules, weight-compatible with the official files.
+
+Modules (NHWC, `module.apply(variables, ...)` is a pure function of the variables and the inputs):
+
+    motion.SPADEUnet4MaskMotion   image + mask + hints -> Eulerian flow    (`sceneflow_model.pth['netG']`)
+    features.ResUNet              RGBA LDI layers -> 32 features at ~H/4   (`model_150000.pth['feature_net']`)
+    decoder.ImgDecoder            two splatted 37-channel maps -> RGB      (`model_150000.pth['img_decoder']`)
+
+Each module file also holds the official pre- and post-processing around its network as pure functions.
+`checkpoints` reads official PyTorch / safetensors files and writes and reads converted Flax variables;
+`cine_jax.convert` is the registry of converters behind `cine-jax convert`.
+
+Naming: every Flax module and variable is named so that the official PyTorch state-dict key is the Flax
+path joined with "." (Sequential indices are modules named "0", "1", ...), with the leaf renamed by
+`checkpoints.TORCH_LEAF_NAMES` ("kernel" -> "weight", "scale" -> "weight"). Conv kernels are stored in
+Flax's HWIO layout; the converter transposes PyTorch's OIHW. That single rule is the whole mapping.
+
+Precision: `dtype` (activations / matmul inputs) and `param_dtype` are module arguments. float32 is the
+default and what the parity tests check. bfloat16 (`dtype=jnp.bfloat16`, params cast with
+`cast_floating`) is meant for GPU/TPU; normalisation statistics, the spectral-norm power iteration, the
+learned blend and the resizes always compute in float32. `precision` is passed to every conv: None is the
+backend default (float32 on CPU; TPUs default to bfloat16 passes, so use "highest" there for parity).
+
+This package imports Flax/JAX only; torch is imported inside converter functions, never at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Conv2d", "PReLU", "cast_floating", "flops_per_call", "leaky_relu"]
+
+
+def _conv_init(key, shape, dtype):
+    # PyTorch's default conv init (kaiming_uniform with a = sqrt(5)) is U(-b, b), b = 1 / sqrt(fan_in).
+    fan_in = shape[0] * shape[1] * shape[2]
+    bound = 1.0 / jnp.sqrt(jnp.float32(fan_in))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def conv_nhwc(x, kernel, stride, padding, padding_mode, dtype, precision):
+    """2-D cross-correlation of x [B, H, W, I] with kernel [kh, kw, I, O] as torch.nn.Conv2d computes it.
+
+    padding: symmetric int p. padding_mode "zeros" pads with 0; "reflect" pads by reflection without
+    repeating the edge (torch padding_mode="reflect", numpy mode="reflect"), then convolves unpadded.
+    """
+    p = int(padding)
+    if padding_mode == "reflect" and p > 0:
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        pads = ((0, 0), (0, 0))
+    elif padding_mode in ("zeros", "reflect"):
+        pads = ((p, p), (p, p))
+    else:
+        raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+    return jax.lax.conv_general_dilated(
+        x.astype(dtype),
+        kernel.astype(dtype),
+        window_strides=(stride, stride),
+        padding=pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
+
+
+class Conv2d(nn.Module):
+    """torch.nn.Conv2d in NHWC: params "kernel" [k, k, in, out] (HWIO) and "bias" [out] (if use_bias)."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    padding_mode: str = "zeros"  # "zeros" | "reflect"
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        y = conv_nhwc(x, kernel, self.stride, self.padding, self.padding_mode, self.dtype, self.precision)
+        if self.use_bias:
+            fan_in = k * k * x.shape[-1]
+            bias = self.param(
+                "bias",
+                lambda key, s, d: jax.random.uniform(key, s, d, -1.0, 1.0) / jnp.sqrt(jnp.float32(fan_in)),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+class PReLU(nn.Module):
+    """torch.nn.PReLU() with one shared slope: param "weight" [1] (init 0.25, as torch)."""
+
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("weight", nn.initializers.constant(0.25), (1,), self.param_dtype)
+        x = x.astype(self.dtype)
+        return jnp.where(x >= 0, x, w.astype(x.dtype)[0] * x)
+
+
+def leaky_relu(x, slope=0.2):
+    return jnp.where(x >= 0, x, slope * x)
+
+
+def cast_floating(tree, dtype):
+    """Cast every floating leaf of a variables tree to dtype (e.g. jnp.bfloat16 params); others untouched."""
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree
+    )
+
+
+def flops_per_call(fn, *args, **kwargs):
+    """FLOPs of one call of fn(*args, **kwargs) from XLA's cost analysis of the compiled executable.
+
+    fn is jitted here (pass a plain function or an already-jitted one; kwargs are closed over, so they are
+    static). Returns a float; raises ValueError when the backend gives no "flops" estimate. XLA counts a
+    multiply-add as 2 FLOPs and includes elementwise work (normalisation, activations, resizes).
+    """
+    if kwargs:
+        jitted = jax.jit(functools.partial(fn, **kwargs))
+    else:
+        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX returned one dict per program
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        raise ValueError(f"flops_per_call: the {jax.default_backend()} backend gave no flops estimate")
+    return float(cost["flops"])
