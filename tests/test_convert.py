@@ -18,9 +18,16 @@ torch = pytest.importorskip("torch")
 
 import cine_jax.convert as C  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
+from tests.torch_reference import torch_threads  # noqa: E402
 from tests.torch_reference.files import official_model, small_sceneflow  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@
 Reference: tests/torch_reference/cine_decoder.py (official widths, F.pad(mode="reflect") called exactly as
 the official Up block does, learned alpha set to 2.5), saved in the official model_XXXXXX.pth layout and
 converted through cine_jax.convert. Tolerance: float32 relative error (max |diff| / max |reference|)
-<= 1e-4; bfloat16 <= 5e-2 (sigmoid outputs in [0, 1]).
+<= 1e-4; bfloat16 blocks <= 5e-2.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ F = torch.nn.functional
 from cine_jax.nets import cast_floating  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import decoder as D  # noqa: E402
+from tests.torch_reference import torch_threads  # noqa: E402
 from tests.torch_reference.cine_decoder import ImgDecoderRef  # noqa: E402
 from tests.torch_reference.files import DECODER_ALPHA as ALPHA  # noqa: E402
 from tests.torch_reference.files import official_model  # noqa: E402
@@ -39,6 +41,12 @@ def _sides(h, w, seed):
     return x[0], x[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def net():
     """Random official-width weights -> model_150000.pth -> cine_jax.convert -> load_converted."""
@@ -52,10 +60,11 @@ def test_learned_alpha_is_converted(net):
     assert net["module"].in_ch == 37 and net["module"].blend == "official"
 
 
-@pytest.mark.parametrize("size", [(64, 64), (44, 56)])
-def test_matches_torch(net, size):
-    """64x64: every level halves exactly. 44x56: H/16 = 2 and W/16 = 3 (up1 crops 1+1 rows and 2+1 columns),
-    and up2 / up3 reflect-pad one row or column (44 -> 22 -> 11 -> 5, 56 -> 28 -> 14 -> 7)."""
+def test_matches_torch_at_a_size_that_is_not_a_multiple_of_16(net):
+    """44x56 (small, and not a multiple of 16): H/16 = 2 and W/16 = 3, so up1 crops 1+1 rows and 2+1
+    columns, and up2 / up3 reflect-pad one row or column (44 -> 22 -> 11 -> 5, 56 -> 28 -> 14 -> 7).
+    One compile covers every padding / cropping case of the network."""
+    size = (44, 56)
     x_f, x_b = _sides(*size, seed=sum(size))
     with torch.no_grad():
         want = net["ref"](_nchw(x_f), _nchw(x_b), 0.3).numpy().transpose(0, 2, 3, 1)
@@ -145,10 +154,23 @@ def test_input_checks(net):
         net["module"].apply(net["variables"], jnp.zeros((1, 32, 32, 36)), method=D.ImgDecoder.decode)
 
 
-def test_bfloat16_close_to_float32(net):
-    x_f, x_b = _sides(64, 64, seed=128)
-    want = net["apply"](net["variables"], jnp.asarray(x_f), jnp.asarray(x_b), 0.3)
-    mod16 = net["module"].clone(dtype=jnp.bfloat16)
-    got = jax.jit(mod16.apply)(cast_floating(net["variables"], jnp.bfloat16), jnp.asarray(x_f), jnp.asarray(x_b), 0.3)
+def test_bfloat16_blocks_close_to_float32():
+    """bfloat16 params and activations on the decoder's Down, up1-style Up (crop) and OutConv blocks
+    (GroupNorm statistics and the sigmoid stay float32). Tolerance: relative error <= 5e-2. (Whole-network
+    bfloat16 errors at 768x768 are reported by benchmarks/nets.py.)"""
+
+    class Block(nn.Module):
+        dtype: object = jnp.float32
+
+        @nn.compact
+        def __call__(self, x):
+            x1, x2 = D.Down(64, dtype=self.dtype)(x)
+            up = D.Up(32, 64, dtype=self.dtype)(x2, x1, x1)  # upsampled to 2x the skips' size: cropped
+            return D.OutConv(3, dtype=self.dtype)(up, x)
+
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 12, 16, 32)), jnp.float32)
+    variables = jax.jit(Block().init)(jax.random.key(0), x)
+    want = jax.jit(Block().apply)(variables, x)
+    got = jax.jit(Block(jnp.bfloat16).apply)(cast_floating(variables, jnp.bfloat16), x)
     assert got.dtype == jnp.float32
     assert _rel(got, want) <= 5e-2

@@ -2,9 +2,11 @@
 
 Reference: tests/torch_reference/cine_features.py (official widths, BatchNorm2d with
 track_running_stats=False), saved in the official model_XXXXXX.pth layout and converted through
-cine_jax.convert. Tolerance: float32 relative error (max |diff| / max |reference|) <= 1e-4; bfloat16 <= 5e-2.
+cine_jax.convert. Tolerance: float32 relative error (max |diff| / max |reference|) <= 1e-4; bfloat16
+blocks <= 5e-2.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ torch = pytest.importorskip("torch")
 from cine_jax.nets import cast_floating  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import features as FT  # noqa: E402
+from tests.torch_reference import torch_threads  # noqa: E402
 from tests.torch_reference.files import official_model  # noqa: E402
 
 
@@ -26,6 +29,12 @@ def _rel(a, b):
 
 def _nchw(x):
     return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +89,7 @@ def test_feature_size_matches_torch_output_shapes(net):
 def test_upsample_features_matches_the_renderer():
     f = np.random.default_rng(1).normal(size=(2, 16, 12, 5)).astype(np.float32)
     want = torch.nn.functional.interpolate(_nchw(f), size=(50, 37), mode="bilinear", align_corners=True)
-    got = FT.upsample_features(jnp.asarray(f), (50, 37))
+    got = jax.jit(FT.upsample_features, static_argnums=1)(jnp.asarray(f), (50, 37))
     np.testing.assert_allclose(np.asarray(got), want.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
@@ -100,9 +109,21 @@ def test_batchnorm_sharded_over_layers_equals_one_device(num_devices):
     np.testing.assert_allclose(np.asarray(one), want.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
-def test_bfloat16_close_to_float32(net, layers):
-    want = net["apply"](net["variables"], jnp.asarray(layers))
-    mod16 = net["module"].clone(dtype=jnp.bfloat16)
-    got = jax.jit(mod16.apply)(cast_floating(net["variables"], jnp.bfloat16), jnp.asarray(layers))
-    assert got.dtype == jnp.float32
+def test_bfloat16_blocks_close_to_float32():
+    """bfloat16 params and activations on a strided BasicBlock with its downsample branch and a
+    conv/BN/ELU block (statistics stay float32). Tolerance: relative error <= 5e-2. (Whole-network bfloat16
+    errors at 768x768 are reported by benchmarks/nets.py.)"""
+
+    class Block(nn.Module):
+        dtype: object = jnp.float32
+
+        @nn.compact
+        def __call__(self, x):
+            y = FT.BasicBlock(32, 2, True, dtype=self.dtype)(x)
+            return FT._ConvBNELU(16, 3, dtype=self.dtype)(y).astype(jnp.float32)
+
+    x = jnp.asarray(np.random.default_rng(7).uniform(0, 1, (3, 20, 18, 16)), jnp.float32)
+    variables = jax.jit(Block().init)(jax.random.key(0), x)
+    want = jax.jit(Block().apply)(variables, x)
+    got = jax.jit(Block(jnp.bfloat16).apply)(cast_floating(variables, jnp.bfloat16), x)
     assert _rel(got, want) <= 5e-2
