@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from cine_jax.nets import cast_floating  # noqa: E402
+from cine_jax.nets import cast_floating, flops_per_call  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import decoder as D  # noqa: E402
 from tests.torch_reference import torch_threads  # noqa: E402
@@ -129,6 +129,27 @@ def test_eq4_blend_closed_form(net):
     np.testing.assert_allclose(np.asarray(wf_mod)[..., 0], np.asarray(want), rtol=1e-6)
     with pytest.raises(ValueError, match="depth_f and depth_b"):
         eq4.apply(net["variables"], x_f, x_b, t, method=D.ImgDecoder.blend_weights)
+
+
+def test_time_per_frame_equals_one_frame_at_a_time(net):
+    x_f, x_b = _sides(32, 32, seed=4)
+    times = np.array([0.2, 0.9], np.float32)
+    w_f, w_b = net["module"].apply(net["variables"], x_f, x_b, times, method=D.ImgDecoder.blend_weights)
+    for i, t in enumerate(times):
+        one_f, one_b = D.official_blend_weights(x_f[i], x_b[i], float(t), ALPHA)
+        np.testing.assert_allclose(np.asarray(w_f[i]), np.asarray(one_f), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(w_b[i]), np.asarray(one_b), rtol=1e-6)
+    with pytest.raises(ValueError, match="one per frame"):
+        net["module"].apply(net["variables"], x_f, x_b, np.zeros(3), method=D.ImgDecoder.blend_weights)
+
+
+def test_flops_per_call_counts_a_conv():
+    """XLA counts 2 FLOPs per multiply-add that touches the image (zero-padding taps are not counted): a 3x3
+    SAME conv on H x W has (3H - 2)(3W - 2) valid taps per channel pair."""
+    x = jnp.zeros((1, 20, 24, 5))
+    k = jnp.zeros((3, 3, 5, 7))
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert flops_per_call(conv, x, k) == 2 * (3 * 20 - 2) * (3 * 24 - 2) * 5 * 7
 
 
 def test_normalized_disparity():

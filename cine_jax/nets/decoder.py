@@ -281,9 +281,10 @@ class ImgDecoder(nn.Module):
     """The official image decoder with its learned blend.
 
     `apply(variables, x_f, x_b, time)` = official forward: blend the two 37-channel renderings
-    [B, H, W, 37] with the learned alpha (or Eq. 4 with blend="eq4": pass depth_f, depth_b [B, H, W]) and
-    decode to RGB [B, H, W, 3] in [0, 1] (float32). `apply(variables, x, method=ImgDecoder.decode)` decodes
-    an already blended map. Variables: params (conv / GroupNorm / PReLU weights and the scalar "alpha").
+    [B, H, W, 37] (time = t / N, a scalar or one per frame [B]) with the learned alpha (or Eq. 4 with
+    blend="eq4": pass depth_f, depth_b [B, H, W]) and decode to RGB [B, H, W, 3] in [0, 1] (float32).
+    `apply(variables, x, method=ImgDecoder.decode)` decodes an already blended map.
+    Variables: params (conv / GroupNorm / PReLU weights and the scalar "alpha").
     """
 
     in_ch: int = 37  # RGB, A, 32 features (spacetime_model.feature_dim), D (use_depth_for_decoding)
@@ -330,13 +331,18 @@ class ImgDecoder(nn.Module):
         self.alpha = self.param("alpha", nn.initializers.ones, (), self.param_dtype)
 
     def blend_weights(self, x_f, x_b, time, depth_f=None, depth_b=None):
-        """(w_f, w_b) [B, H, W, 1] of the configured blend."""
+        """(w_f, w_b) [B, H, W, 1] of the configured blend; time is a scalar or one value per frame [B]."""
+        time = jnp.asarray(time, _F32)
+        if time.ndim not in (0, 1) or (time.ndim == 1 and time.shape[0] != jnp.shape(x_f)[0]):
+            raise ValueError(f"ImgDecoder: time must be a scalar or [B] (one per frame), got shape {time.shape}")
+        time = time.reshape(-1, 1, 1, 1) if time.ndim == 1 else time
         if self.blend == "official":
             return official_blend_weights(x_f, x_b, time, self.alpha)
         if self.blend == "eq4":
             if depth_f is None or depth_b is None:
                 raise ValueError("ImgDecoder(blend='eq4'): pass depth_f and depth_b (splatted z-depth, [B, H, W])")
-            w_f, w_b = eq4_blend_weights(x_f[..., 3], depth_f, x_b[..., 3], depth_b, time, self.eq4_beta)
+            t = time[..., 0] if time.ndim else time
+            w_f, w_b = eq4_blend_weights(x_f[..., 3], depth_f, x_b[..., 3], depth_b, t, self.eq4_beta)
             return w_f[..., None], w_b[..., None]
         raise ValueError(f"ImgDecoder: blend must be one of {BLEND_MODES}, got {self.blend!r}")
 
