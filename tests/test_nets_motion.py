@@ -110,6 +110,15 @@ def test_spectral_norm_modes_match_torch():
         got = layer.apply(variables, jnp.asarray(x))
         assert _rel(got, outs[power]) <= 1e-5
     assert _rel(outs[True], outs[False]) > 0.05
+    # gradients w.r.t. weight_orig: u, v are constants (PyTorch iterates under no_grad)
+    r = np.random.default_rng(2).normal(size=outs[True].shape).astype(np.float32)
+    c = copy.deepcopy(conv).train()
+    (c(_nchw(x)) * _nchw(r)).sum().backward()
+    want = c.weight_orig.grad.numpy().transpose(2, 3, 1, 0)
+    layer = M.SpectralConv2d(7, 4, 2, 1)
+    loss = lambda p: jnp.sum(layer.apply({**variables, "params": p}, jnp.asarray(x)) * r)
+    got = jax.grad(loss)(variables["params"])["weight_orig"]
+    assert _rel(got, want) <= 1e-4
 
 
 def test_official_widths_load_key_by_key():

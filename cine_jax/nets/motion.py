@@ -81,6 +81,7 @@ def spectral_normalized_kernel(weight_orig, u, v, power_iteration=True, eps=1e-1
     """weight_orig [k, k, in, out] (HWIO) / sigma, float32; u [out], v [in*k*k] in PyTorch order (in, kh, kw).
 
     power_iteration=True: one PyTorch training-mode iteration from the stored u first (see module doc).
+    u and v are constants for differentiation, as in PyTorch.
     """
     w = weight_orig.astype(_F32)
     mat = jnp.transpose(w, (3, 2, 0, 1)).reshape(w.shape[3], -1)  # PyTorch's weight.reshape(out, -1)
@@ -89,6 +90,8 @@ def spectral_normalized_kernel(weight_orig, u, v, power_iteration=True, eps=1e-1
     if power_iteration:
         v = _l2_normalize(jnp.matmul(mat.T, u, precision=_HIGHEST), eps)
         u = _l2_normalize(jnp.matmul(mat, v, precision=_HIGHEST), eps)
+    # PyTorch runs the iteration under no_grad: gradients reach W only through sigma = u . (W v).
+    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
     sigma = jnp.dot(u, jnp.matmul(mat, v, precision=_HIGHEST), precision=_HIGHEST)
     return w / sigma
 
