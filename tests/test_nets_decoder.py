@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from cine_jax.nets import cast_floating, flops_per_call  # noqa: E402
+from cine_jax.nets import cast_floating, flops_per_call, upsample2x  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import decoder as D  # noqa: E402
 from tests.torch_reference import torch_threads  # noqa: E402
@@ -88,6 +88,17 @@ def test_up1_negative_reflect_padding_is_a_centre_crop():
         dh, dw = h - t.shape[2], w - t.shape[3]
         want = F.pad(t, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2], mode="reflect").numpy().transpose(0, 2, 3, 1)
         np.testing.assert_array_equal(np.asarray(D.reflect_pad_or_crop(nhwc(t), h, w)), want)
+
+
+def test_upsample2x_matches_torch():
+    """The stencil x2 upsampling used by all three networks, both corner modes, odd / even / tiny sizes."""
+    rng = np.random.default_rng(9)
+    for h, w in ((1, 2), (5, 7), (6, 3)):
+        x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+        for align in (False, True):
+            want = F.interpolate(_nchw(x), scale_factor=2, mode="bilinear", align_corners=align)
+            got = jax.jit(upsample2x, static_argnums=1)(jnp.asarray(x), align)
+            np.testing.assert_allclose(np.asarray(got), want.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
 
 
 def test_official_blend_matches_torch():

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cine_jax.nets import Conv2d, PReLU
-from kernels.sampling import resize
+from cine_jax.nets import Conv2d, PReLU, upsample2x
 
 __all__ = [
     "BLEND_MODES",
@@ -240,8 +239,7 @@ def reflect_pad_or_crop(x, h, w):
 
 
 def _up2_align_corners(x):
-    size = (2 * x.shape[1], 2 * x.shape[2])
-    return resize(x.astype(_F32), size, "bilinear", align_corners=True).astype(x.dtype)
+    return upsample2x(x.astype(_F32), align_corners=True).astype(x.dtype)
 
 
 class Up(nn.Module):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cine_jax.nets import Conv2d
+from cine_jax.nets import Conv2d, upsample2x
 from kernels.sampling import resize
 
 __all__ = [
@@ -152,8 +152,7 @@ class _UpConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        size = (2 * x.shape[1], 2 * x.shape[2])
-        x = resize(x.astype(_F32), size, "bilinear", align_corners=True).astype(self.dtype)
+        x = upsample2x(x.astype(_F32), align_corners=True).astype(self.dtype)
         return _ConvBNELU(self.features, 3, self.dtype, self.param_dtype, self.precision, name="conv")(x)
 
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cine_jax.nets import Conv2d, _conv_init, conv_nhwc, leaky_relu
+from cine_jax.nets import Conv2d, _conv_init, conv_nhwc, leaky_relu, upsample2x
 from kernels.sampling import resize
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "predict_flow",
     "resize_condition",
     "spectral_normalized_kernel",
-    "upsample2x_bilinear",
     "upsample_split",
 ]
 
@@ -160,28 +159,10 @@ def resize_condition(cond, size):
     return jnp.concatenate(parts, axis=-1)
 
 
-def upsample2x_bilinear(x):
-    """Exact x2 bilinear upsampling of [B, H, W, C] with align_corners=False (torch F.interpolate /
-    nn.Upsample(scale_factor=2)): out[2i] = x[i-1]/4 + 3x[i]/4, out[2i+1] = 3x[i]/4 + x[i+1]/4, indices
-    clamped at the borders. Slices and one interleave instead of gathers (cheaper to compile and run)."""
-    for ax in (1, 2):
-        n = x.shape[ax]
-        first = jax.lax.slice_in_dim(x, 0, 1, axis=ax)
-        last = jax.lax.slice_in_dim(x, n - 1, n, axis=ax)
-        prev = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=ax)], axis=ax)
-        nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=ax), last], axis=ax)
-        even = 0.25 * prev + 0.75 * x
-        odd = 0.75 * x + 0.25 * nxt
-        shape = list(x.shape)
-        shape[ax] = 2 * n
-        x = jnp.stack([even, odd], axis=ax + 1).reshape(shape)
-    return x
-
-
 def upsample_split(x):
     """x2 upsampling of [B, H, W, C] with the official channel split: channel 3 nearest, all others
     bilinear (align_corners=False). Computed in float32, returned in x's dtype."""
-    up = upsample2x_bilinear(x.astype(_F32))
+    up = upsample2x(x.astype(_F32), align_corners=False)
     if x.shape[-1] > 3:
         near = jnp.repeat(jnp.repeat(x[..., 3:4].astype(_F32), 2, axis=1), 2, axis=2)  # floor(dst / 2)
         up = jnp.concatenate([up[..., :3], near, up[..., 4:]], axis=-1)
