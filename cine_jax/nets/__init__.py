@@ -44,6 +44,11 @@ def _conv_init(key, shape, dtype):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+# conv_nhwc's CPU workaround for unpadded convolutions (see its docstring). A switch only so that
+# benchmarks/nets.py can count the network's useful FLOPs without the discarded border outputs.
+PAD_UNPADDED_CONVS_ON_CPU = True
+
+
 def _conv(x, kernel, stride, pads, precision):
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding=pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -70,7 +75,7 @@ def conv_nhwc(x, kernel, stride, padding, padding_mode, dtype, precision):
     elif padding_mode not in ("zeros", "reflect"):
         raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
     kh, kw = kernel.shape[:2]
-    if p == 0 and max(kh, kw) > 1 and jax.default_backend() == "cpu":
+    if p == 0 and max(kh, kw) > 1 and PAD_UNPADDED_CONVS_ON_CPU and jax.default_backend() == "cpu":
         s = stride
         y = _conv(x, kernel, s, ((s, s), (s, s)), precision)
         n_h = (x.shape[1] - kh) // s + 1
@@ -182,12 +187,12 @@ def flops_per_call(fn, *args, **kwargs):
     """FLOPs of one call of fn(*args, **kwargs) from XLA's cost analysis of the compiled executable.
 
     fn: a plain function or a jitted one (compiled here for args; kwargs are closed over, so static), or an
-    already compiled executable (`jax.jit(f).lower(...).compile()`, then args are ignored). Returns a float;
-    raises ValueError when the backend gives no "flops" estimate. XLA counts 2 FLOPs per multiply-add that
-    reads the input (taps falling on zero padding are not counted) and includes elementwise work
-    (normalisation, activations, resizes).
+    already compiled executable (`jax.jit(f).lower(...).compile()`, or a `Lowered`; then args are ignored).
+    Returns a float; raises ValueError when the backend gives no "flops" estimate. XLA counts 2 FLOPs per
+    multiply-add that reads the input (taps falling on zero padding are not counted) and includes
+    elementwise work (normalisation, activations, resizes).
     """
-    if hasattr(fn, "cost_analysis"):
+    if hasattr(fn, "cost_analysis"):  # a jax.stages.Compiled (or Lowered)
         compiled = fn
     else:
         if kwargs:
