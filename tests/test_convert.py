@@ -1,6 +1,6 @@
 """cine_jax.convert and cine_jax.nets.checkpoints: official files -> Flax variables, and clear errors.
 
-The files are written by tests/torch_reference/files.py in the official layouts (torch.save of
+The files are written by tests/torch_reference/cine_files.py in the official layouts (torch.save of
 {"netG": ...} and of {"feature_net", "img_decoder", "netD", "optimG", ...}).
 """
 
@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 import cine_jax.convert as C  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
 from tests.torch_reference import torch_threads  # noqa: E402
-from tests.torch_reference.files import official_model, small_sceneflow  # noqa: E402
+from tests.torch_reference.cine_files import official_model, small_sceneflow  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,8 +20,8 @@ from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import decoder as D  # noqa: E402
 from tests.torch_reference import torch_threads  # noqa: E402
 from tests.torch_reference.cine_decoder import ImgDecoderRef  # noqa: E402
-from tests.torch_reference.files import DECODER_ALPHA as ALPHA  # noqa: E402
-from tests.torch_reference.files import official_model  # noqa: E402
+from tests.torch_reference.cine_files import DECODER_ALPHA as ALPHA  # noqa: E402
+from tests.torch_reference.cine_files import official_model  # noqa: E402
 
 
 def _rel(a, b):

@@ -20,7 +20,7 @@ from cine_jax.nets import cast_floating  # noqa: E402
 from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import features as FT  # noqa: E402
 from tests.torch_reference import torch_threads  # noqa: E402
-from tests.torch_reference.files import official_model  # noqa: E402
+from tests.torch_reference.cine_files import official_model  # noqa: E402
 
 
 def _rel(a, b):

@@ -23,7 +23,7 @@ from cine_jax.nets import checkpoints as ck  # noqa: E402
 from cine_jax.nets import motion as M  # noqa: E402
 from tests.torch_reference import cine_motion as ref_motion  # noqa: E402
 from tests.torch_reference import torch_threads  # noqa: E402
-from tests.torch_reference.files import small_sceneflow  # noqa: E402
+from tests.torch_reference.cine_files import small_sceneflow  # noqa: E402
 
 SIZE = 256  # the smallest size the network accepts (the official runs at 768)
 

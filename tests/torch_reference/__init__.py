@@ -6,6 +6,7 @@ cine_motion    SPADEUnet4MaskMotion inside the SPADEUnetMaskMotion wrapper (key 
                plus the demo.py pre-processing and renderer post-processing of the flow.
 cine_features  ResUNet (the feature net of model_*.pth['feature_net']).
 cine_decoder   ImgDecoder (model_*.pth['img_decoder']) with its learned-alpha blend.
+cine_files     random references written in the official file layouts (built once per test process).
 """
 
 import contextlib
