@@ -14,8 +14,8 @@ motion net once per image; the decoder once per frame.
 
 The decoder breakdown (`--no-breakdown` to skip) shows what decides its efficiency: one 3x3 conv as the
 decoder runs it (cine_jax.nets.conv_nhwc) beside the unpadded XLA conv it avoids, the 7x7 first conv,
-GroupNorm + PReLU, the x2 upsampling (stencil vs gathers), and the decoder with GroupNorm removed (not the
-real network: the share of the normalisation).
+GroupNorm + PReLU, the last x2 upsampling, and the decoder with GroupNorm removed (not the real network:
+the share of the normalisation).
 
 bfloat16: each network is run once in float32 and once with bfloat16 params / activations at --bf16-size
 (CPU bfloat16 convolutions are slow, so not at 768) and the relative error max|bf16 - f32| / max|f32| is
@@ -42,7 +42,6 @@ from cine_jax.nets import cast_floating, conv_nhwc, flops_per_call, upsample2x
 from cine_jax.nets import decoder as D
 from cine_jax.nets import features as FT
 from cine_jax.nets import motion as M
-from kernels.sampling import resize
 
 
 def random_variables(module, seed=0):
@@ -185,9 +184,8 @@ def decoder_breakdown(bench, size, peak, repeats):
     prv = {"params": {"weight": jnp.full((1,), 0.25)}}
     row(f"  GroupNorm + PReLU 64 ch @{half}", lambda x: pr.apply(prv, gn.apply(gnv, x)), x64, note="memory bound")
     x32 = jnp.asarray(rng.normal(size=(1, half, half, 32)), jnp.float32)
-    row(f"  x2 upsampling {half}->{size}, 32 ch, stencil (upsample2x)", lambda x: upsample2x(x, True), x32)
-    row(f"  x2 upsampling {half}->{size}, 32 ch, gathers (kernels.sampling.resize)",
-        lambda x: resize(x, (size, size), "bilinear", align_corners=True), x32, note="what upsample2x replaced")
+    row(f"  x2 upsampling {half}->{size}, 32 ch (align_corners=True)", lambda x: upsample2x(x, True), x32,
+        note="kernels.sampling.resize gathers")
 
     # The decoder without its normalisation: what the convolutions alone allow.
     class _NoNorm(D.GroupNorm):

@@ -91,7 +91,7 @@ def test_up1_negative_reflect_padding_is_a_centre_crop():
 
 
 def test_upsample2x_matches_torch():
-    """The stencil x2 upsampling used by all three networks, both corner modes, odd / even / tiny sizes."""
+    """The x2 upsampling used by all three networks, both corner modes, odd / even / tiny sizes."""
     rng = np.random.default_rng(9)
     for h, w in ((1, 2), (5, 7), (6, 3)):
         x = rng.normal(size=(2, h, w, 3)).astype(np.float32)

@@ -32,7 +32,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 __all__ = ["Conv2d", "PReLU", "cast_floating", "conv_nhwc", "flops_per_call", "leaky_relu", "upsample2x"]
 
@@ -85,48 +84,16 @@ def conv_nhwc(x, kernel, stride, padding, padding_mode, dtype, precision):
 
 
 def upsample2x(x, align_corners):
-    """Exact x2 bilinear upsampling of [B, H, W, C] as torch F.interpolate(scale_factor=2, mode="bilinear",
-    align_corners=...), in x's dtype.
+    """x2 bilinear upsampling of [B, H, W, C] as torch F.interpolate(scale_factor=2, mode="bilinear",
+    align_corners=...), computed in float32 by kernels.sampling.resize and returned in x's dtype.
 
-    Every output row 2m + r (r = 0, 1) mixes input rows m - 1, m, m + 1 (clamped) with weights taken from
-    the PyTorch-exact tap table of kernels.sampling.resize_taps, so each axis is three shifted copies and
-    an interleave: elementwise work XLA fuses, instead of gathers (about 20% of the decoder's time).
+    (An elementwise 3-tap stencil with an interleave was tried instead of resize's gathers and measured
+    1.3-3x slower in CPU time on this machine, e.g. 384 -> 768 with 32 channels: 0.094 vs 0.049 s.)
     """
-    from kernels.sampling import resize_taps
+    from kernels.sampling import resize
 
-    for ax in (1, 2):
-        n = x.shape[ax]
-        idx, wts = resize_taps(n, 2 * n, "bilinear", align_corners)
-        coef = np.zeros((2, 3, n), np.float32)  # [parity r, offset -1/0/+1, m]
-        for d in range(2 * n):
-            m, r = divmod(d, 2)
-            for t in range(idx.shape[1]):
-                off = int(idx[d, t]) - m
-                if off not in (-1, 0, 1):
-                    raise AssertionError(f"upsample2x: tap offset {off} outside the 3-tap stencil")
-                coef[r, off + 1, m] += wts[d, t] if wts is not None else 1.0
-        first = jax.lax.slice_in_dim(x, 0, 1, axis=ax)
-        last = jax.lax.slice_in_dim(x, n - 1, n, axis=ax)
-        shifted = (
-            jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=ax)], axis=ax),
-            x,
-            jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=ax), last], axis=ax),
-        )
-        shape = [1] * x.ndim
-        shape[ax] = n
-        outs = []
-        for r in range(2):
-            acc = None
-            for o in range(3):
-                if not coef[r, o].any():
-                    continue
-                term = shifted[o] * jnp.asarray(coef[r, o].reshape(shape), x.dtype)
-                acc = term if acc is None else acc + term
-            outs.append(acc)
-        full = list(x.shape)
-        full[ax] = 2 * n
-        x = jnp.stack(outs, axis=ax + 1).reshape(full)
-    return x
+    size = (2 * x.shape[1], 2 * x.shape[2])
+    return resize(x.astype(jnp.float32), size, "bilinear", align_corners=align_corners).astype(x.dtype)
 
 
 class Conv2d(nn.Module):

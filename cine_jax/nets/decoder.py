@@ -239,7 +239,7 @@ def reflect_pad_or_crop(x, h, w):
 
 
 def _up2_align_corners(x):
-    return upsample2x(x.astype(_F32), align_corners=True).astype(x.dtype)
+    return upsample2x(x, align_corners=True)
 
 
 class Up(nn.Module):

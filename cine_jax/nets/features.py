@@ -152,7 +152,7 @@ class _UpConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = upsample2x(x.astype(_F32), align_corners=True).astype(self.dtype)
+        x = upsample2x(x, align_corners=True)
         return _ConvBNELU(self.features, 3, self.dtype, self.param_dtype, self.precision, name="conv")(x)
 
 

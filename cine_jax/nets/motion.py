@@ -164,7 +164,8 @@ def upsample_split(x):
     bilinear (align_corners=False). Computed in float32, returned in x's dtype."""
     up = upsample2x(x.astype(_F32), align_corners=False)
     if x.shape[-1] > 3:
-        near = jnp.repeat(jnp.repeat(x[..., 3:4].astype(_F32), 2, axis=1), 2, axis=2)  # floor(dst / 2)
+        size = (2 * x.shape[1], 2 * x.shape[2])
+        near = resize(x[..., 3:4].astype(_F32), size, "nearest")  # floor(dst / 2)
         up = jnp.concatenate([up[..., :3], near, up[..., 4:]], axis=-1)
     return up.astype(x.dtype)
 
