@@ -82,14 +82,17 @@ def time_wall_cpu(compiled, *args, repeats=3):
 
 def matmul_peak(repeats):
     """Best float32 matmul FLOP/s over square sizes (the roofline reference of this machine): returns
-    (FLOP per wall second, FLOP per CPU second, n). CPU seconds are what load from other jobs disturbs least."""
-    best = (0.0, 0.0, 0)
+    (best FLOP per wall second, best FLOP per CPU second, size of the best wall time), each the maximum
+    over the sizes. CPU seconds are what load from other jobs disturbs least."""
+    best_wall, best_cpu, best_n = 0.0, 0.0, 0
     for n in (1024, 2048, 4096):
         a = jnp.asarray(np.random.default_rng(n).normal(size=(n, n)), jnp.float32)
         _, compiled = compile_time(jax.jit(lambda x, y: x @ y), a, a)
         wall, cpu = time_wall_cpu(compiled, a, a, repeats=repeats)
-        best = max(best, (2.0 * n**3 / wall, 2.0 * n**3 / cpu, n))
-    return best
+        if 2.0 * n**3 / wall > best_wall:
+            best_wall, best_n = 2.0 * n**3 / wall, n
+        best_cpu = max(best_cpu, 2.0 * n**3 / cpu)
+    return best_wall, best_cpu, best_n
 
 
 def _memory_gib(compiled):
