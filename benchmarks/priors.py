@@ -183,12 +183,18 @@ def _memory_rows(bench, dname, priors, attention):
                     dname, dict(image=cfg.image_size, batch=cfg.num_frames, **tag))
 
 
-def video_step_memory(unet3d, unet3d_param_shapes, dtype="bfloat16", frames=16, size=256, render=128):
-    """Hook for benchmarks/unet3d.py: memory_analysis() of the ModelScope video SDS step at paper size.
+def video_step_memory(unet3d, unet3d_param_shapes, dtype="bfloat16", frames=16, size=256, render=256,
+                      frames_per_chunk=0):
+    """memory_analysis() of the WHOLE ModelScope video SDS step at paper size, without weights.
 
-    unet3d: the Flax UNet3D module (four_d/priors/unet3d.py layout); unet3d_param_shapes: its parameter tree as
-    jax.ShapeDtypeStruct (jax.eval_shape of its init). The VAE is SD 1.5's (ModelScope shares the SD VAE
-    architecture). Returns dict(params_gib, temp_gib, args_gib, out_gib, total_gib, compile_s).
+    The step is four_d.priors.video's: the renders [1, frames, render, render, 3] resized to `size`, the SD 1.5
+    VAE encoder (ModelScope ships SD's VAE architecture) over every frame with a sampled latent, one t and noise
+    per clip, the UNet3D on the CFG pair (latents [2, 4, frames, size / 8, size / 8], 77-token OpenCLIP-H
+    context of width 1024), CFG 100, the SDS loss, and its gradient w.r.t. the renders (through the VAE encoder
+    only). unet3d: the Flax UNet3D module (four_d/priors/unet3d.py; its dtype is the computation dtype);
+    unet3d_param_shapes: jax.eval_shape of its init_weights. frames_per_chunk: the config's
+    vae_frames_per_chunk (0 = all frames in one encoder call, official). Returns dict(params_gib, temp_gib,
+    args_gib, out_gib, total_gib, compile_s).
     """
     from diffusers import FlaxAutoencoderKL
 
@@ -197,17 +203,19 @@ def video_step_memory(unet3d, unet3d_param_shapes, dtype="bfloat16", frames=16, 
     vae = FlaxAutoencoderKL.from_config(SD15_VAE, dtype=jd)
     vae_s = _cast_shapes(_shapes(vae), jd)
     cfg = get_config("paper").video
-    cfg.image_size, cfg.num_frames = size, frames
+    cfg.image_size, cfg.vae_frames_per_chunk = size, frames_per_chunk
     model = video_lib.VideoPrior(unet3d, vae, None, None, _alphas())
     fn = video_lib.make_video_sds(model, cfg)
     params = dict(unet=_cast_shapes(unet3d_param_shapes, jd), vae=vae_s)
     clips = jax.ShapeDtypeStruct((1, frames, render, render, 3), jnp.float32)
-    emb = {k: jax.ShapeDtypeStruct((TEXT_LEN, 1024), jnp.float32)  # ModelScope's OpenCLIP-H text width
+    emb = {k: jax.ShapeDtypeStruct((TEXT_LEN, unet3d.cross_attention_dim), jnp.float32)
            for k in ("uncond", "default", "front", "side", "back")}
     vg = jax.jit(jax.value_and_grad(lambda p, k, x, e, kn: fn.function.jitted(
         p, k, x, e, jnp.zeros(1), jnp.asarray(False), kn)[0], argnums=2))
     ctime, compiled = compile_time(vg, params, jax.random.key(0), clips, emb, fn.function.knobs())
     mem = compiled.memory_analysis()
+    if mem is None:
+        return dict(params_gib=_bytes(params) / GIB, compile_s=ctime)
     return dict(params_gib=_bytes(params) / GIB, temp_gib=mem.temp_size_in_bytes / GIB,
                 args_gib=mem.argument_size_in_bytes / GIB, out_gib=mem.output_size_in_bytes / GIB,
                 total_gib=(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / GIB,

@@ -105,6 +105,12 @@ def get_config(arg=None):
         mean_frame=False,  # official --mean_frame off: the sum over all frames is divided by B only
         negative_prompt="",
         view_suffixes=("front", "side", "back"),  # the static-camera steps use view-blended prompts too
+        # Chunked attention in the UNet3D (official: xformers); the same values with less memory.
+        memory_efficient_attention=False,
+        # Frames per VAE-encoder call under jax.checkpoint (lax.map over the chunks): the same values with less
+        # memory (the encoder's activations over 16 frames at 256 px dominate the step, benchmarks/priors.py).
+        # 0 = all frames in one call, as the official encode_imgs.
+        vae_frames_per_chunk=0,
         dtype="float32",
     )
 

@@ -130,6 +130,43 @@ def torch_sd(safe=True):
                 scheduler=DDIMScheduler.from_pretrained(f, subfolder="scheduler"))
 
 
+# A tiny UNet3DConditionModel (two levels, 8 groups): latents 4x4 from 32 px frames (the tiny VAE's factor 8).
+UNET3D = dict(sample_size=4, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=HIDDEN,
+              attention_head_dim=8, norm_num_groups=8, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+              up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+
+
+@functools.cache
+def video_folder():
+    """A tiny ModelScope text-to-video pipeline folder (TextToVideoSDPipeline.save_pretrained: unet/ holds a
+    UNet3DConditionModel, vae/, text_encoder/, tokenizer/, scheduler/, model_index.json), as
+    damo-vilab/text-to-video-ms-1.7b."""
+    from diffusers import AutoencoderKL, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = os.path.join(root(), "text-to-video")
+    tok = write_tokenizer(os.path.join(root(), "tok-video-tmp"))
+    _seed(3)
+    # every parameter re-drawn: the UNet3D's zero-initialised temporal convolutions must not hide bugs
+    unet = randomize(UNet3DConditionModel(**UNET3D), 31, scale=0.15)
+    vae = randomize(AutoencoderKL(**VAE), 32, scale=0.15)
+    text = randomize(CLIPTextModel(text_config(len(tok))), 33)
+    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=scheduler())
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@functools.cache
+def torch_video():
+    """The PyTorch modules of video_folder(), loaded back with diffusers/transformers (float32, eval)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+
+    f = video_folder()
+    return dict(unet=UNet3DConditionModel.from_pretrained(f, subfolder="unet").eval(),
+                vae=AutoencoderKL.from_pretrained(f, subfolder="vae").eval(),
+                scheduler=DDIMScheduler.from_pretrained(f, subfolder="scheduler"))
+
+
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))

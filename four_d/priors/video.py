@@ -53,27 +53,29 @@ class VideoPrior:
                                         suffixes)
 
 
-def load_video_prior(folder, dtype="float32"):
-    """(VideoPrior, params) from a local diffusers text-to-video folder (unet/ holds a UNet3DConditionModel).
+def load_video_prior(folder, dtype="float32", use_memory_efficient_attention=False):
+    """(VideoPrior, params) from a local diffusers text-to-video folder (the ModelScope pipeline layout:
+    unet/ holds a UNet3DConditionModel, vae/, text_encoder/, tokenizer/, scheduler/).
 
-    The UNet3D goes through four_d.priors.unet3d.load_unet3d (the Flax port); vae/, text_encoder/, tokenizer/
-    and scheduler/ through the same loaders as Stable Diffusion.
+    The UNet3D goes through four_d.priors.unet3d.load_unet3d (the Flax port; computation and parameters in
+    `dtype`); vae/, text_encoder/, tokenizer/ and scheduler/ through the same loaders as Stable Diffusion.
     """
     from four_d.priors.sd import load_text_encoder
+    from four_d.priors.unet3d import load_unet3d
 
     jdtype = loading.parse_dtype(dtype, "four_d/priors/video.py")
     loading.require_dir(folder)
-    try:
-        from four_d.priors.unet3d import load_unet3d
-    except ImportError as e:
-        raise ValueError(f"four_d/priors/video.py: loading {folder} needs the UNet3D port "
-                         f"four_d/priors/unet3d.py (load_unet3d), which is not available ({e})") from None
-    unet, unet_p = load_unet3d(loading.require_dir(folder, "unet"))
-    if jdtype != jnp.float32:
-        unet_p = loading.cast_floating(unet_p, jdtype)
+    unet, unet_p = load_unet3d(loading.require_dir(folder, "unet"), dtype=jdtype,
+                               use_memory_efficient_attention=bool(use_memory_efficient_attention))
     vae, vae_p = loading.load_vae(loading.require_dir(folder, "vae"), jdtype)
     text, text_p, tok = load_text_encoder(folder, jdtype)
     alphas = loading.load_alphas_cumprod(loading.require_dir(folder, "scheduler"))
+    if unet.in_channels != vae.config.latent_channels or unet.out_channels != vae.config.latent_channels:
+        raise ValueError(f"{folder}: unet in/out channels {unet.in_channels}/{unet.out_channels} != vae "
+                         f"latent_channels {vae.config.latent_channels} (not a text-to-video folder)")
+    if unet.cross_attention_dim != text.config.hidden_size:
+        raise ValueError(f"{folder}: unet cross_attention_dim {unet.cross_attention_dim} != text encoder "
+                         f"hidden_size {text.config.hidden_size}")
     model = VideoPrior(unet, vae, text, tok, alphas, os.path.abspath(folder))
     return model, dict(unet=unet_p, vae=vae_p, text_encoder=text_p)
 
@@ -81,7 +83,7 @@ def load_video_prior(folder, dtype="float32"):
 def build_video_prior(folder, config=None, mesh=None):
     """(model, params, sds) from a local text-to-video folder with config (configs/priors.py video)."""
     config = config or get_config().video
-    model, params = load_video_prior(folder, config.dtype)
+    model, params = load_video_prior(folder, config.dtype, config.memory_efficient_attention)
     return model, params, make_video_sds(model, config, mesh)
 
 
@@ -100,14 +102,40 @@ def video_normaliser(config, batch, frames):
     return batch * frames if config.mean_frame else None
 
 
+def encode_frames(vae, vae_params, frames, eps, frames_per_chunk=0, mesh=None):
+    """Scaled VAE latents [N, 4, h, w] of frames [N, S, S, 3] in [0, 1], each frame encoded alone (official).
+
+    frames_per_chunk 0 (official): one encoder call over all N frames, whose activations are all kept for the
+    gradient (about 0.6 GB per 256 px frame in float32: the largest part of the paper-size video step,
+    benchmarks/priors.py). k > 0 (dividing N): lax.map over N / k chunks of k frames under jax.checkpoint, so
+    the backward pass recomputes one chunk's activations at a time (the same values, less memory, one more
+    encoder forward). With a mesh, the frames (of each chunk) are split over "data".
+    """
+    n = frames.shape[0]
+    k = int(frames_per_chunk)
+    if k < 0 or (k and n % k):
+        raise ValueError(f"four_d/priors/video.py: vae_frames_per_chunk {k} must be 0 (all frames at once) or "
+                         f"divide the {n} frames of the batch")
+
+    def encode(x, e):
+        x = common.constrain(x, mesh, common.batch_spec(4))  # the frames over "data"
+        return common.vae_encode(vae, vae_params, x, e)
+
+    if k == 0 or k == n:
+        return encode(frames, eps)
+    chunks = frames.reshape((n // k, k) + frames.shape[1:])
+    eps_chunks = None if eps is None else eps.reshape((n // k, k) + eps.shape[1:])
+    z = jax.lax.map(lambda c: jax.checkpoint(encode)(*c), (chunks, eps_chunks))
+    return z.reshape((n,) + z.shape[2:])
+
+
 def video_sds_given(model, config, params, clips, embeddings, azimuth, use_view, draws, knobs, mesh=None):
     """The deterministic video SDS step given its draws (video_draws). See make_video_sds."""
     b, f, hh, ww, _ = clips.shape
     size = int(config.image_size)
     x = common.resize_bilinear(clips.reshape(b * f, hh, ww, 3).astype(jnp.float32), size)
-    x = common.constrain(x, mesh, common.batch_spec(4))  # the frames of the clip over "data"
     eps = draws["latent_eps"] if config.latent_sample else None
-    z = common.vae_encode(model.vae, params["vae"], x, eps)  # [B F, 4, h, w], each frame alone (official)
+    z = encode_frames(model.vae, params["vae"], x, eps, int(config.vae_frames_per_chunk), mesh)  # [B F, 4, h, w]
     latents = jnp.transpose(z.reshape((b, f) + z.shape[1:]), (0, 2, 1, 3, 4))  # (b f) c h w -> b c f h w
     uncond, cond = common.view_embeddings(embeddings, azimuth, use_view)
     context = jnp.concatenate([uncond, cond], 0)
