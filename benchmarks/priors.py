@@ -8,15 +8,16 @@ Speed rows ("<prior> step, tiny"): one SDS step (resize + VAE encode with a samp
 UNet (+ ControlNet) on the CFG pair + CFG + the gradient w.r.t. the render) on small random models built with
 the diffusers PyTorch classes, saved with save_pretrained and loaded by our loaders; JAX (jit, compile timed
 apart) beside the same computation in PyTorch (eager, autograd) in the same run. `jax_over_torch` is the ratio
-of medians (target <= 0.7).
+of medians (target <= 0.7). The video row runs a tiny UNet3DConditionModel (loaded by load_unet3d) on 8 frames.
 
 Memory rows ("<prior> memory, paper"): the paper-size models (SD 1.5 UNet + VAE at 512 px = 64x64 latents,
-zero123 at 256 px = 32x32, ControlNet-Tile + SD 1.5 at 1024 px = 128x128 latents with 2 frames) built from their
-configs with jax.eval_shape (no weights, no initialisation): `params_gib` is the size of the parameters the
-step reads, `temp_gib` / `args_gib` / `out_gib` XLA's memory_analysis() of the compiled step (value and gradient
-w.r.t. the render), on this backend. The ModelScope video step is measured by benchmarks/unet3d.py through
-`video_step_memory` below (the "video" row here only points there until the UNet3D port is present).
-Writes benchmarks/results/priors.json.
+zero123 at 256 px = 32x32, ControlNet-Tile + SD 1.5 at 1024 px = 128x128 latents with 2 frames, ModelScope
+T2V 1.7B UNet3D + SD VAE on 16 frames of 256 px renders = 16x32x32 latents) built from their configs with
+jax.eval_shape (no weights, no initialisation): `params_gib` is the size of the parameters the step reads,
+`temp_gib` / `args_gib` / `out_gib` XLA's memory_analysis() of the compiled step (value and gradient w.r.t.
+the render), on this backend. The video rows are the whole step (video_step_memory) with the VAE encoder over
+all 16 frames at once (official) and one frame at a time under jax.checkpoint (config vae_frames_per_chunk 1).
+Writes benchmarks/results/priors.json (a subset of --priors writes priors_<names>.json).
 """
 
 import argparse
@@ -116,12 +117,22 @@ def memory_rows(bench, dtypes, priors, attentions=("full",)):
         for dname in dtypes:
             _memory_rows(bench, dname, priors, attention)
     if "video" in priors:
-        try:
-            import four_d.priors.unet3d  # noqa: F401
-            note = "measured by benchmarks/unet3d.py via benchmarks.priors.video_step_memory"
-        except ImportError:
-            note = "pending: four_d/priors/unet3d.py (the UNet3D port); hook benchmarks.priors.video_step_memory"
-        bench.add("video memory, paper (ModelScope 1.7B, 16x32x32)", dtype="-", note=note)
+        video_memory_rows(bench, dtypes)
+
+
+def video_memory_rows(bench, dtypes, chunks=(0, 1)):
+    """The whole ModelScope video SDS step at paper size (video_step_memory), per dtype and VAE chunking."""
+    from four_d.priors.unet3d import MODELSCOPE_T2V_UNET_CONFIG, FlaxUNet3DConditionModel
+
+    for dname in dtypes:
+        unet3d = FlaxUNet3DConditionModel.from_config(MODELSCOPE_T2V_UNET_CONFIG, dtype=loading.parse_dtype(dname))
+        shapes = jax.eval_shape(unet3d.init_weights, jax.random.key(0))
+        for chunk in chunks:
+            r = video_step_memory(unet3d, shapes, dname, frames_per_chunk=chunk)
+            row = dict(dtype=dname, attention="full", image=256, batch=16, vae_frames_per_chunk=chunk,
+                       **{k: round(v, 3) if k != "compile_s" else round(v, 1) for k, v in r.items()})
+            bench.add(f"video memory, paper (ModelScope 1.7B, 16x32x32, VAE chunk {chunk or 'all'})", **row)
+            print(f"  video memory [{dname}, chunk {chunk}]: {row}", flush=True)
 
 
 def _memory_rows(bench, dname, priors, attention):
@@ -297,7 +308,80 @@ def speed_rows(bench, repeats, priors):
 
     with tempfile.TemporaryDirectory(prefix="bench-priors-") as root:
         _speed_rows(bench, repeats, priors, root)
-    bench.add("video step, tiny", note="the UNet3D step is timed by benchmarks/unet3d.py (UNet3D port)")
+        if "video" in priors:
+            _video_speed_row(bench, repeats, root)
+
+
+# A tiny UNet3D (as benchmarks/unet3d.py's) for the video speed row: 8 frames of 128 px renders -> 8x16x16 latents.
+TINY_UNET3D = dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=8,
+                   cross_attention_dim=TINY_TEXT, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                   up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+TINY_FRAMES = 8
+
+
+def _torch_video_sds(tm, unet3d, cfg, clips, draws, text):
+    """The official video step in torch (sd_utils with 'ms'): per-frame VAE latents, UNet3D on the CFG pair."""
+    import torch
+    import torch.nn.functional as F
+
+    x = clips.clone().requires_grad_(True)  # b f c h w
+    b, f = x.shape[:2]
+    xs = F.interpolate(x.reshape(b * f, *x.shape[2:]), (cfg.image_size,) * 2, mode="bilinear", align_corners=False)
+    post = tm["vae"].encode(2 * xs - 1).latent_dist
+    z = (post.mean + post.std * draws["latent_eps"]) * tm["vae"].config.scaling_factor
+    latents = z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+    t, noise = draws["t"], draws["noise"]
+    alphas = tm["scheduler"].alphas_cumprod
+    with torch.no_grad():
+        noisy = tm["scheduler"].add_noise(latents, noise, t)
+        u, c = unet3d(torch.cat([noisy] * 2), torch.cat([t] * 2), encoder_hidden_states=text).sample.chunk(2)
+        eps_hat = c + cfg.guidance_scale * (c - u)
+    grad = torch.nan_to_num(cfg.lambda_guidance * (1 - alphas[t]).reshape(-1, 1, 1, 1, 1) * (eps_hat - noise))
+    loss = 0.5 * F.mse_loss(latents, (latents - grad).detach(), reduction="sum") / b
+    loss.backward()
+    return loss, x.grad
+
+
+def _video_speed_row(bench, repeats, root):
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+
+    from four_d.priors.unet3d import load_unet3d
+
+    tm = dict(vae=_randomize(AutoencoderKL(**TINY_VAE), 2))
+    tm["vae"].save_pretrained(os.path.join(root, "video-vae"))
+    unet3d_t = _randomize(UNet3DConditionModel(**TINY_UNET3D), 5)
+    unet3d_t.save_pretrained(os.path.join(root, "unet3d"))
+    tm["scheduler"] = DDIMScheduler.from_pretrained(os.path.join(root, "scheduler"))
+    unet3d, unet3d_p = load_unet3d(os.path.join(root, "unet3d"))
+    vae, vae_p = loading.load_vae(os.path.join(root, "video-vae"))
+    cfg = get_config("paper").video
+    cfg.image_size = TINY_IMAGE
+    model = video_lib.VideoPrior(unet3d, vae, None, None, loading.load_alphas_cumprod(os.path.join(root, "scheduler")))
+    fn = video_lib.make_video_sds(model, cfg)
+    params = dict(unet=unet3d_p, vae=vae_p)
+    rng = np.random.default_rng(1)
+    clips = rng.uniform(size=(1, TINY_FRAMES, 128, 128, 3)).astype(np.float32)
+    emb = {k: jnp.asarray(rng.normal(size=(TEXT_LEN, TINY_TEXT)).astype(np.float32))
+           for k in ("uncond", "default", "front", "side", "back")}
+    key, knobs = jax.random.key(0), fn.function.knobs()
+    vg = jax.jit(jax.value_and_grad(lambda x, p, k, e, kn: fn.function.jitted(
+        p, k, x, e, jnp.zeros(1), jnp.asarray(False), kn)[0]))
+    jargs = (jnp.asarray(clips), params, key, emb, knobs)
+    name = f"video step, tiny ({TINY_FRAMES} frames x {TINY_IMAGE} px, UNet3D {TINY_UNET3D['block_out_channels']})"
+    row = bench.time(name, vg, *jargs, repeats=repeats)
+    d = video_lib.video_draws(key, vae, 1, TINY_FRAMES, TINY_IMAGE, knobs["min_step"], knobs["max_step"])
+    draws = {k: torch.tensor(np.asarray(v)) for k, v in d.items()}
+    draws["t"] = draws["t"].long()
+    tclips = torch.tensor(clips.transpose(0, 1, 4, 2, 3))
+    text = torch.tensor(np.stack([emb["uncond"], emb["default"]]))
+    torch_s, _ = time_callable(_torch_video_sds, tm, unet3d_t, cfg, tclips, draws, text, repeats=repeats)
+    (jl, jg), (tl, tg) = vg(*jargs), _torch_video_sds(tm, unet3d_t, cfg, tclips, draws, text)
+    tl, tg = float(tl.detach()), tg.detach().numpy().transpose(0, 1, 3, 4, 2)
+    row.update(torch_s=round(torch_s, 4), jax_over_torch=round(row["median_s"] / torch_s, 3),
+               loss_rel_err=float(f"{abs(float(jl) - tl) / abs(tl):.2e}"),
+               grad_rel_err=float(f"{np.abs(np.asarray(jg) - tg).max() / np.abs(tg).max():.2e}"))
+    print(f"  {row}", flush=True)
 
 
 def _speed_rows(bench, repeats, priors, root):
@@ -381,7 +465,9 @@ def main(argv=None):
     p.add_argument("--attention", nargs="+", default=["full", "mem-eff"], choices=["full", "mem-eff"],
                    help="memory rows with full and/or memory-efficient (chunked) UNet attention")
     args = p.parse_args(argv)
-    bench = Bench("priors")
+    everything = set(args.priors) == {"sd", "zero123", "controlnet", "video"}
+    # a subset writes its own JSON (priors_<names>.json) so it does not overwrite the full table's
+    bench = Bench("priors" if everything else "priors_" + "_".join(args.priors))
     if not args.skip_speed:
         import torch
 
