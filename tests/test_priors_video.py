@@ -126,6 +126,13 @@ def test_sharded_and_chunked_frames_equal_one_device(prior, rng):
         video.make_video_sds(prior["model"], cfg)(prior["params"], key, clips, prior["emb"])
 
 
+def test_loader_dtype_and_attention_reach_the_port():
+    model, params = video.load_video_prior(tiny.video_folder(), "bfloat16", use_memory_efficient_attention=True)
+    assert model.unet.dtype == jnp.bfloat16 and model.unet.use_memory_efficient_attention
+    assert {x.dtype for x in jax.tree.leaves(params["unet"])} == {jnp.dtype(jnp.bfloat16)}
+    assert model.num_train_timesteps == 1000 and model.folder.endswith("text-to-video")
+
+
 def test_loader_errors(tmp_path):
     with pytest.raises(ValueError, match="unet.*folder not found"):  # no unet/
         video.load_video_prior(str(tmp_path))
