@@ -1,6 +1,6 @@
 """ModelScope text-to-video SDS prior (Animate124 coarse dynamic stage; official sd_utils.py with 'ms' in the key).
 
-    model, params = load_video_prior("checkpoints/text-to-video-ms-1.7b")     # needs four_d/priors/unet3d.py
+    model, params = load_video_prior("checkpoints/text-to-video-ms-1.7b")     # TextToVideoSDPipeline folder
     emb = model.prompt_embeddings(params, "a panda is dancing, high-resolution, 8k, good quality")
     sds = make_video_sds(model, get_config().video)
     loss, aux = sds(params, key, clip, emb, azimuth, use_view=False)          # clip [B, F, H, W, 3] in [0, 1]
@@ -15,6 +15,10 @@ The UNet3D is any Flax module with the call layout of the port in four_d/priors/
 `unet.apply({"params": p}, sample [B, C, F, H, W], timesteps [B], encoder_hidden_states [B, L, D])
 -> [B, C, F, H, W]` (diffusers' UNet3DConditionModel layout). With a mesh, the frames of the clip are split
 over the "data" axis, for the VAE encoding and in the UNet3D input.
+
+Memory (benchmarks/priors.py, paper size, 16 frames at 256 px, bfloat16): the VAE encoder's activations over
+the 16 frames, kept for the gradient, are the largest part of the step; config vae_frames_per_chunk = 1 encodes
+one frame at a time under jax.checkpoint (same values) and about halves the step's memory.
 """
 
 import dataclasses
