@@ -181,3 +181,61 @@ def get_config(arg=None):
         c.textual_inversion.resolution = 64
         c.textual_inversion.save_steps = 2
     return c
+
+
+# Ranges of the values above, checked before any compute (configs/validate.py). Every number, flag and choice
+# needs a rule here (tests/test_config_ranges.py checks it). The four SDS priors share these keys.
+_SDS_RULES = {
+    "cfg_form": "one of official|upstream",
+    "dtype": "one of float32|bfloat16|float16",
+    "grad_clip": "> -inf",  # <= 0 disables (official --grad_clip -1)
+    "guidance_scale": ">= 0",
+    "image_size": "int >= 8",
+    "lambda_guidance": ">= 0",
+    "latent_sample": "bool",
+    "loss_reduction": "one of sum|mean",
+    "loss_target": "one of mse|x0",
+    "memory_efficient_attention": "bool",
+    "t_range": "each [0, 1]",
+    "weighting": "one of sds|uniform|fantasia3d",
+}
+RANGES = {f"{prior}.{key}": rule for prior in ("sd", "zero123", "video", "controlnet")
+          for key, rule in _SDS_RULES.items()}
+RANGES.update({
+    "controlnet.conditioning_scale": ">= 0",
+    "controlnet.frame_method": "one of even|random",
+    "controlnet.num_frames": "int >= 1",
+    "video.mean_frame": "bool",
+    "video.vae_frames_per_chunk": "int >= 0",  # 0 = all frames at once (official)
+    "zero123.grad_scale": "one of angle|none",
+    "zero123.reference_azimuth": "[-360, 360]",
+    "zero123.reference_polar": "[0, 180]",
+    "zero123.reference_radius": "> 0",
+    "zero123.reference_size": "int >= 8",
+    "zero123.reference_latent_sample": "bool",
+    "textual_inversion.adam_b1": "[0, 1)",
+    "textual_inversion.adam_b2": "[0, 1)",
+    "textual_inversion.adam_eps": ">= 0",
+    "textual_inversion.aug_blur_kernel": "int >= 1",
+    "textual_inversion.aug_blur_p": "[0, 1]",
+    "textual_inversion.aug_blur_sigma": "each > 0",
+    "textual_inversion.aug_crop_ratio": "each > 0",
+    "textual_inversion.aug_crop_scale": "each > 0",
+    "textual_inversion.aug_flip_p": "[0, 1]",
+    "textual_inversion.aug_gray_p": "[0, 1]",
+    "textual_inversion.aug_jitter": ">= 0",
+    "textual_inversion.aug_jitter_p": "[0, 1]",
+    "textual_inversion.aug_resize": "> 0",
+    "textual_inversion.aug_rotate_crop": "(0, 1]",
+    "textual_inversion.aug_rotate_degrees": "[0, 180]",
+    "textual_inversion.aug_rotate_p": "[0, 1]",
+    "textual_inversion.batch_size": "int >= 1",
+    "textual_inversion.dtype": "one of float32|bfloat16|float16",
+    "textual_inversion.learning_rate": "> 0",
+    "textual_inversion.normalize_augmented": "bool",
+    "textual_inversion.resolution": "int >= 8",
+    "textual_inversion.save_steps": "int >= 1",
+    "textual_inversion.steps": "int >= 1",
+    "textual_inversion.templates": "one of object|style",
+    "textual_inversion.weight_decay": ">= 0",
+})

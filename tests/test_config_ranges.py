@@ -6,10 +6,10 @@ import re
 import pytest
 
 from clitools.errors import InputError
-from configs import cinemagraph
+from configs import cinemagraph, priors
 from configs.validate import check_config, lookup, numeric_leaves, violation
 
-CONFIG_MODULES = [cinemagraph]
+CONFIG_MODULES = [cinemagraph, priors]
 
 
 @pytest.mark.parametrize(
@@ -74,11 +74,18 @@ def _violating_value(value, rule):
     return int(bad) if is_int else float(bad)
 
 
+def _is_text(value):
+    """Strings and tuples of strings (prompts, suffix words) need no rule; choices among names may have one."""
+    if isinstance(value, tuple | list):
+        return len(value) > 0 and all(isinstance(x, str) for x in value)
+    return isinstance(value, str)
+
+
 @pytest.mark.parametrize("module", CONFIG_MODULES, ids=lambda m: m.__name__)
 def test_every_number_has_a_rule_and_every_variant_passes(module):
     for variant in (None, "tiny", "paper"):
         cfg = module.get_config(variant)
-        needs = {k for k in numeric_leaves(cfg) if not isinstance(lookup(cfg, k), str)}
+        needs = {k for k in numeric_leaves(cfg) if not _is_text(lookup(cfg, k))}
         assert needs - set(module.RANGES) == set(), f"{module.__name__}: keys without a rule"
         assert set(module.RANGES) - set(numeric_leaves(cfg)) == set(), f"{module.__name__}: rules for no key"
         check_config(cfg, module.RANGES)
