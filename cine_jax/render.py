@@ -5,11 +5,13 @@ For frame t of N seen from camera (pose_t, K_t):
 1. the forward cloud is displaced by F(0->t) and the backward cloud by F(0->t-N) (scene.py); both are
    moved into the target camera and splatted with kernels.splat.splat_points, giving features F_f, F_b,
    depth D_f, D_b and coverage alpha a_f, a_b. Radii adapt to depth as the official renderer
-   (`adaptive_pts_radius`): r = r0 * z_reference / z_target;
+   (`adaptive_pts_radius`): r = r0 * z_reference / z_target. The soft z-test is surface aware (each point
+   carries its surface's depth slope, scene.PointCloud.slope) and the feature kernel is bilinear with
+   the width of the surface's point spacing in the view (config render.splat_kernel, slope_slack);
 2. Eq. 4: W = (1 - t/N) a_f e^{-b D_f} / ((1 - t/N) a_f e^{-b D_f} + (t/N) a_b e^{-b D_b}), where a is the
    splat coverage times the splatted layer alpha and D is z-depth in units of the scene's nearest depth
-   (1 by construction, see depth.py). Where both sides are empty W = 1 - t/N, so frame N equals frame 0
-   exactly (seamless loop). Eq. 5-6: F_t = W F_f + (1 - W) F_b, D_t = W D_f + (1 - W) D_b;
+   (`depth_unit`: 1 for estimated depth, the nearest depth in metres for metric depth). Where both sides
+   are empty W = 1 - t/N, so frame N equals frame 0 exactly (seamless loop). Eq. 5-6: F_t = W F_f + (1 - W) F_b, D_t = W D_f + (1 - W) D_b;
 3. a decoder maps (F_t, D_t) to RGB: `IdentityDecoder` reads the RGB channels of RGBA features and fills
    pixels no point reached by push-pull interpolation; the learned decoder of the paper plugs in through
    the same call signature.
@@ -90,15 +92,24 @@ class IdentityDecoder:
         return jnp.clip(rgb, 0.0, 1.0)
 
 
-def _splat_side(points_ref, feats, valid, pose, K, image_size, opts):
+def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opts):
     pts = camera.transform_points(pose, points_ref)
     r0 = opts["point_radius"]
+    zratio = points_ref[:, 2] / jnp.maximum(pts[:, 2], 1e-6)
     if opts["adaptive_radius"]:
         # official adaptive_pts_radius: scale by z before / z after the camera move
-        radius = r0 * points_ref[:, 2] / jnp.maximum(pts[:, 2], 1e-6)
-        radius = jnp.clip(radius, 0.25, opts["max_radius"])
+        radius = jnp.clip(r0 * zratio, 0.25, opts["max_radius"])
     else:
         radius = jnp.full(pts.shape[:1], r0, jnp.float32)
+    # magnification: target pixels per source pixel around each point (depth ratio x focal ratio), the
+    # spacing of a dense surface's points in this view
+    mag = jnp.maximum(zratio * (K[0, 0] / K_ref[0, 0]), 1e-3)
+    kw = {}
+    if opts["slope_slack"] > 0 and slope is not None:
+        # a neighbour of the same surface within the footprint (<= radius from the pixel, the pixel's
+        # nearest point within core_fraction * radius) is at most (1 + core) * radius target pixels away,
+        # i.e. that many / mag source pixels: its depth differs by at most slope per source pixel times that
+        kw["depth_slack"] = opts["slope_slack"] * slope * (1.0 + opts["core_fraction"]) * radius / mag
     return splat.splat_points(
         pts,
         feats,
@@ -111,21 +122,32 @@ def _splat_side(points_ref, feats, valid, pose, K, image_size, opts):
         depth_tau=opts["depth_tau"],
         core_fraction=opts["core_fraction"],
         sigma=opts["sigma"],
+        kernel=opts["kernel"],
+        kernel_width=mag,
+        **kw,
     )
 
 
 def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_size, opts, decoder):
-    """Render one frame. scene: dict(uv [P,2], z [P], features [P,C], K_ref [3,3]); disp_* [P,2] pixel
-    displacements of the forward/backward clouds; valid_* [P]; time = t/N; pose [4,4]; K [3,3].
+    """Render one frame. scene: dict(uv [P,2], z [P], features [P,C], K_ref [3,3] (the photo's K), and
+    optionally depth_unit (the scene's nearest depth, default 1)); disp_* [P,2] pixel displacements of the
+    forward/backward clouds; valid_* [P]; time = t/N; pose [4,4] (translation in the depth's units);
+    K [3,3]. The decoder sees depth in units of depth_unit; the returned depth is in the depth's units.
 
     Returns dict(rgb [H,W,3], features [H,W,C], depth [H,W], alpha [H,W], weight_forward [H,W],
     covered [H,W] bool, num_behind, num_offscreen) with features/depth/alpha blended by Eq. 5-6.
     """
     uv, z, feats, K_ref = scene["uv"], scene["z"], scene["features"], scene["K_ref"]
+    # Work in units of the scene's nearest depth (the official units): projection does not depend on the
+    # scale, and the near plane and the blend's depth term are then the same for metres or normalised depth.
+    unit = scene.get("depth_unit", 1.0)
+    pose = pose.at[:3, 3].set(pose[:3, 3] / unit)
+    slope = scene.get("slope")
+    slope = None if slope is None else slope / unit
     out = []
     for disp, valid in ((disp_f, valid_f), (disp_b, valid_b)):
-        pts = camera.unproject_points(uv + disp, z, K_ref)  # keeps the source z (official)
-        out.append(_splat_side(pts, feats, valid, pose, K, image_size, opts))
+        pts = camera.unproject_points(uv + disp, z / unit, K_ref)  # keeps the source z (official)
+        out.append(_splat_side(pts, feats, slope, valid, pose, K, K_ref, image_size, opts))
     sf, sb = out
     # blend alpha: coverage times the splatted layer alpha (RGBA channel 3) when present
     af, ab = sf["alpha"], sb["alpha"]
@@ -146,6 +168,7 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     alpha = w_eff * af + (1 - w_eff) * ab
     covered = (has_f & (w_eff > 0)) | (has_b & (w_eff < 1))
     rgb = decoder(feat, depth, alpha, covered)
+    depth = depth * unit
     return {
         "rgb": rgb,
         "features": feat,
@@ -170,6 +193,8 @@ def render_options(config):
         depth_tau=float(r.depth_tau),
         core_fraction=float(r.core_fraction),
         sigma=float(r.splat_sigma),
+        kernel=str(r.splat_kernel),
+        slope_slack=float(r.slope_slack),
         blend_beta=float(r.blend_beta),
         use_feature_alpha=bool(r.use_feature_alpha),
     )

@@ -34,8 +34,10 @@ class PointCloud:
     """A feature point cloud anchored at source pixels of the reference view.
 
     uv [P, 2] source pixel (u, v); z [P] z-depth; features [P, C]; layer [P] int32 LDI layer index;
-    valid [P] bool (False marks padding up to the static capacity); num_points real points;
-    num_dropped points lost to the capacity.
+    slope [P] the depth change of the point's surface per source pixel (max |z - z_q| over its 4
+    neighbours q of the same layer that are not across a depth edge; depth units), which makes the
+    renderer's soft z-test surface aware; valid [P] bool (False marks padding up to the static
+    capacity); num_points real points; num_dropped points lost to the capacity.
     """
 
     uv: np.ndarray
@@ -45,6 +47,7 @@ class PointCloud:
     valid: np.ndarray
     num_points: int
     num_dropped: int
+    slope: np.ndarray = None
 
 
 def _capacity(num, capacity, multiple=16384):
@@ -54,7 +57,42 @@ def _capacity(num, capacity, multiple=16384):
     return fit if capacity is None else min(fit, int(capacity))
 
 
-def build_point_cloud(ldi, *, features=None, alpha_threshold=0.5, capacity=None, order_eps=1.01):
+def depth_edges(depth, threshold, disparity_range=None):
+    """Depth discontinuities between 4-neighbours (3D Photo Inpainting's depth edges).
+
+    Two neighbouring pixels are across an edge when their disparities (1 / z) differ by more than
+    `threshold` x the disparity range (`disparity_range`, default max - min of 1 / depth): a continuous
+    surface, however slanted (a ground plane to the horizon has a constant disparity step per row), has
+    no edges, an occluding contour has. Returns (right [H, W-1], down [H-1, W]) bool: edge between
+    (i, j) and (i, j+1), and between (i, j) and (i+1, j).
+    """
+    disp = 1.0 / np.asarray(depth, np.float64)
+    rng = float(disp.max() - disp.min()) if disparity_range is None else float(disparity_range)
+    tol = threshold * max(rng, 1e-12)
+    return np.abs(np.diff(disp, axis=1)) > tol, np.abs(np.diff(disp, axis=0)) > tol
+
+
+def surface_slope(depth, keep, threshold, disparity_range):
+    """Per-pixel depth change of the surface [H, W]: max |z - z_q| over the 4-neighbours q that are kept
+    (`keep` [H, W] bool) and not across a depth edge (`depth_edges`). 0 where no neighbour qualifies."""
+    z = np.asarray(depth, np.float64)
+    right, down = depth_edges(z, threshold, disparity_range)
+    slope = np.zeros_like(z)
+    dx = np.abs(np.diff(z, axis=1))
+    okx = keep[:, 1:] & keep[:, :-1] & ~right
+    dy = np.abs(np.diff(z, axis=0))
+    oky = keep[1:, :] & keep[:-1, :] & ~down
+    vx = np.where(okx, dx, 0.0)
+    vy = np.where(oky, dy, 0.0)
+    slope[:, :-1] = np.maximum(slope[:, :-1], vx)
+    slope[:, 1:] = np.maximum(slope[:, 1:], vx)
+    slope[:-1, :] = np.maximum(slope[:-1, :], vy)
+    slope[1:, :] = np.maximum(slope[1:, :], vy)
+    return slope
+
+
+def build_point_cloud(ldi, *, features=None, alpha_threshold=0.5, capacity=None, order_eps=1.01,
+                      edge_threshold=0.04):
     """Points from every LDI pixel with alpha > alpha_threshold (official: 0.5, inpainted pixels too).
 
     ldi: an LDI with rgba [L, H, W, 4], depth [L, H, W]. features: optional [L, H, W, C] per-layer
@@ -62,7 +100,8 @@ def build_point_cloud(ldi, *, features=None, alpha_threshold=0.5, capacity=None,
     is padded to its point count rounded up to a multiple of 16384 (invalid padding), at most capacity.
 
     Layer ordering (official fix): a point of layer i > 0 that is not behind every nearer layer's point
-    at the same pixel is pushed to that depth times `order_eps`.
+    at the same pixel is pushed to that depth times `order_eps`. Each point's `slope` is measured on its
+    layer's depth with `surface_slope` (depth edges at `edge_threshold`, see `depth_edges`).
     """
     rgba = np.asarray(ldi.rgba, np.float32)
     depth = np.asarray(ldi.depth, np.float32).copy()
@@ -77,6 +116,9 @@ def build_point_cloud(ldi, *, features=None, alpha_threshold=0.5, capacity=None,
             occluded = keep[i] & (nearest > 0) & (depth[i] <= nearest)
             depth[i] = np.where(occluded, nearest * order_eps, depth[i])
         nearest = np.where(keep[i], np.maximum(nearest, depth[i]), nearest)
+    disp_all = 1.0 / depth[keep] if keep.any() else np.ones(1)
+    drange = float(disp_all.max() - disp_all.min())
+    slopes = np.stack([surface_slope(depth[i], keep[i], edge_threshold, drange) for i in range(num_layers)])
     li, vi, ui = np.nonzero(keep)
     num = int(li.size)
     cap = _capacity(num, capacity)
@@ -85,15 +127,17 @@ def build_point_cloud(ldi, *, features=None, alpha_threshold=0.5, capacity=None,
     z = np.ones((cap,), np.float32)
     f = np.zeros((cap, feats.shape[-1]), np.float32)
     layer = np.zeros((cap,), np.int32)
+    slope = np.zeros((cap,), np.float32)
     valid = np.zeros((cap,), bool)
     uv[:n, 0], uv[:n, 1] = ui[:n], vi[:n]
     z[:n] = depth[li[:n], vi[:n], ui[:n]]
     f[:n] = feats[li[:n], vi[:n], ui[:n]]
     layer[:n] = li[:n]
+    slope[:n] = slopes[li[:n], vi[:n], ui[:n]]
     valid[:n] = True
     if not np.all(np.isfinite(z[:n])) or np.any(z[:n] <= 0):
         raise ValueError("LDI depth must be finite and positive at every kept pixel")
-    return PointCloud(uv, z, f, layer, valid, num_points=n, num_dropped=num - n)
+    return PointCloud(uv, z, f, layer, valid, num_points=n, num_dropped=num - n, slope=slope)
 
 
 def layer_flows(flow, ldi, *, visible_erode=5, diffuse_iters=7, diffuse_ksize=15):

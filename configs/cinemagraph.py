@@ -39,6 +39,8 @@ def get_config(arg=None):
     c.layering.hole_margin = 40  # official: holes restricted to the context bbox grown by 40 px
     c.layering.min_layer_pixels = 10  # official: skip a layer whose eroded alpha has < 10 pixels
     c.layering.discontinuity_ksize = 11  # official refine_near_depth_discontinuity median window
+    c.layering.edge_threshold = 0.04  # depth edge: neighbours whose disparities differ by more than this x
+    #                                   the disparity range (3D Photo Inpainting argument.yml depth_threshold)
 
     # --- motion (cine_jax/motion.py) ---------------------------------------------------------------
     c.motion = ml_collections.ConfigDict()
@@ -66,7 +68,11 @@ def get_config(arg=None):
     #                            3x3 tap window (9 taps); 2.0 needs 21 taps and ~2.3x the splat time
     c.render.depth_tau = 0.01  # relative depth scale of the soft z-test: a surface 5% behind gets e^-5
     c.render.core_fraction = 0.5  # nearest depth per pixel taken over taps within 0.5 * radius
-    c.render.splat_sigma = 0.25  # px; Gaussian feature kernel inside the radius (sharp: dense = exact)
+    c.render.splat_sigma = 0.25  # px; Gaussian feature kernel ("gaussian"), tie-break term of "bilinear"
+    c.render.splat_kernel = "bilinear"  # feature kernel: "bilinear" (sub-pixel exact resampling of a dense
+    #                                     surface) or "gaussian" (sigma above); kernels/splat.py step 4
+    c.render.slope_slack = 1.0  # surface-aware z-test: depth slack = this x point slope x (1 + core) x
+    #                             radius (0 = plain soft z-test relative to the pixel's nearest point)
     c.render.use_feature_alpha = True  # Eq. 4 alpha = splat coverage x splatted layer alpha (RGBA A)
     c.render.near = 1e-3  # points closer than this to the camera plane are dropped
     c.render.blend_beta = 1.0  # Eq. 4: weight ~ exp(-beta * D) with D the depth relative to the scene min
