@@ -168,23 +168,14 @@ def _load_motion(mask, hints, flow, size, original, cfg):
     return np.zeros(tuple(size) + (2,), np.float32), None, []
 
 
-def _depth(depth, image, size, original, cfg):
+def _depth(depth, image, size, original, cfg, seed):
     """z-depth [H, W] at the working size and whether it was estimated.
 
     Units (ARCHITECTURE.md): depth the user gives keeps its units (explicit poses are in those units);
     estimated depth is relative, so it is normalised as the official code does: nearest pixel =
     cfg.depth.near (1)."""
     if depth is None:
-        est = depth_lib.get_estimator(
-            cfg.depth.estimator,
-            near=cfg.depth.near,
-            far=cfg.depth.far,
-            sky_depth=cfg.depth.sky_depth,
-            horizon=cfg.depth.horizon,
-            guided_radius=cfg.depth.guided_radius,
-            guided_eps=cfg.depth.guided_eps,
-            median_ksize=cfg.depth.median_ksize,
-        )
+        est = depth_lib.get_estimator(cfg.depth.estimator, config=cfg.depth, seed=seed)
         d = depth_lib.validate_depth(np.asarray(est(image), np.float32), f"{cfg.depth.estimator} depth estimate")
         return (d / float(d.min()) * cfg.depth.near).astype(np.float32), True
     if _is_path(depth):
@@ -236,6 +227,45 @@ def _cameras(trajectory, poses, intrinsics, num_frames, size, original, scene_de
     return P, Ks.astype(np.float32), np.asarray(K0, np.float32)
 
 
+def reveal_width(poses, Ks, K_src, flow, num_frames, pad=2.0, max_points=4096):
+    """How far content behind an occluding contour can come into view, for layering.build_ldi.
+
+    Returns f(layer, uv [E, 2], z_front [E], z_back [E]) -> pixels: the largest image distance over the
+    frames between the front and the back surface points seen through the same source pixel (camera
+    parallax), plus the farthest the animation moves content near the contour in the loop (num_frames x
+    the largest flow magnitude within 2 px of the contour, front or back), plus `pad` pixels (splat
+    footprint and rounding). Contours are subsampled to at most `max_points` pixels."""
+    poses = np.asarray(poses, np.float64)
+    Ks = np.asarray(Ks, np.float64)
+    K_src = np.asarray(K_src, np.float64)
+    speed = np.linalg.norm(np.asarray(flow, np.float64), axis=-1)
+    import cv2
+
+    speed = cv2.dilate(speed, np.ones((5, 5), np.uint8))
+
+    def width(layer, uv, z_front, z_back):
+        del layer
+        if len(uv) > max_points:
+            pick = np.linspace(0, len(uv) - 1, max_points).astype(np.int64)
+            uv, z_front, z_back = uv[pick], z_front[pick], z_back[pick]
+        ray = np.stack([(uv[:, 0] - K_src[0, 2]) / K_src[0, 0], (uv[:, 1] - K_src[1, 2]) / K_src[1, 1],
+                        np.ones(len(uv))], -1)
+        far = 0.0
+        for pose, K in zip(poses, Ks):
+            pix = []
+            for z in (z_front, z_back):
+                X = (ray * z[:, None]) @ pose[:3, :3].T + pose[:3, 3]
+                Z = np.maximum(X[:, 2], 1e-6)
+                pix.append(np.stack([K[0, 0] * X[:, 0] / Z + K[0, 2], K[1, 1] * X[:, 1] / Z + K[1, 2]], -1))
+            far = max(far, float(np.max(np.linalg.norm(pix[0] - pix[1], axis=-1))))
+        iu = np.clip(np.round(uv[:, 0]).astype(np.int64), 0, speed.shape[1] - 1)
+        iv = np.clip(np.round(uv[:, 1]).astype(np.int64), 0, speed.shape[0] - 1)
+        moved = num_frames * float(speed[iv, iu].max())
+        return far + moved + pad
+
+    return width
+
+
 def _intrinsics_array(K, size, original):
     """A user K [3, 3] for the photo's own pixels (original size), rescaled to the working size."""
     K = np.asarray(K, np.float64)
@@ -258,7 +288,7 @@ def animate(
     intrinsics=None,
     num_frames=None,
     config=None,
-    seed=0,
+    seed=None,
     mesh=None,
     progress=True,
 ):
@@ -278,9 +308,14 @@ def animate(
 
     Frame t shows the scene at time t/N from camera t; with the identity pose and zero time frame 0
     reproduces the input image. The result is deterministic for the same inputs, config and seed.
+    seed: handed to every registered component (default config seed); the weight-free defaults are
+    deterministic and do not use it.
+    Components come from registries named by the config: depth.estimator (depth.ESTIMATORS),
+    layering.inpainter (layering.INPAINTERS), scene.features (scene.FEATURES), render.decoder
+    (render.DECODERS); each factory gets its config section and the seed.
     """
     cfg = cinemagraph_config.get_config() if config is None else config
-    del seed  # every stage is deterministic; the seed is kept for learned components (API stability)
+    seed = int(cfg.seed if seed is None else seed)
     timings = {}
     t0 = _time.perf_counter()
     stages = tqdm(total=6, desc="cinemagraph", disable=not progress, unit="stage")
@@ -299,15 +334,18 @@ def animate(
     flow_field, m, hint_list = _load_motion(mask, hints, flow, size, original, cfg)
     mark("inputs")
 
-    d, _ = _depth(depth, img, size, original, cfg)
+    d, _ = _depth(depth, img, size, original, cfg, seed)
     scene_depth = float(d.min())  # the unit of named trajectories and of the blend's depth term
     mark("depth")
 
+    P, Ks, K0 = _cameras(trajectory, poses, intrinsics, num_frames, size, original, scene_depth, cfg)
+    n = len(P)
+
     lc = cfg.layering
     edges = layering.depth_bins(
-        d, distance_threshold=lc.distance_threshold, subsample=lc.subsample, max_layers=lc.max_layers
+        d, distance_threshold=lc.distance_threshold, subsample=lc.subsample, max_layers=lc.max_layers or None
     )
-    inpainter = layering.get_inpainter(lc.inpainter, radius=lc.inpaint_radius)
+    inpainter = layering.get_inpainter(lc.inpainter, config=lc, seed=seed)
     ldi = layering.build_ldi(
         img,
         d,
@@ -317,14 +355,16 @@ def animate(
         hole_margin=lc.hole_margin,
         min_layer_pixels=lc.min_layer_pixels,
         discontinuity_ksize=lc.discontinuity_ksize,
+        edge_threshold=lc.edge_threshold,
+        reveal_width=reveal_width(P, Ks, K0, flow_field, n, pad=lc.reveal_pad),
     )
     mark("layering")
 
-    P, Ks, K0 = _cameras(trajectory, poses, intrinsics, num_frames, size, original, scene_depth, cfg)
-    n = len(P)
     sc = cfg.scene
+    features = scene.get_features(sc.features, config=sc, seed=seed)(ldi)
     cloud = scene.build_point_cloud(
         ldi,
+        features=features,
         alpha_threshold=sc.alpha_threshold,
         capacity=int(math.ceil(sc.capacity_factor * h * w)),
         order_eps=sc.order_eps,
@@ -336,12 +376,14 @@ def animate(
         visible_erode=sc.visible_erode,
         diffuse_iters=sc.diffuse_iters,
         diffuse_ksize=sc.diffuse_ksize,
+        edge_threshold=lc.edge_threshold,
     )
     disp = scene.symmetric_point_displacements(fields, cloud, n)
     mark("scene")
 
+    decoder = render.get_decoder(cfg.render.decoder, config=cfg.render, seed=seed)
     frames, counts = render_frames(cloud, disp, P, Ks, K0, size, cfg, mesh=mesh, progress=progress,
-                                   depth_unit=scene_depth)
+                                   depth_unit=scene_depth, decoder=decoder)
     mark("render")
 
     # displacement of the input pixels (the point of each pixel's visible layer), for inspection
@@ -386,11 +428,12 @@ def animate(
 
 
 def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progress=True, outputs=("rgb",),
-                  depth_unit=1.0):
+                  depth_unit=1.0, decoder=None):
     """Render all frames in jitted chunks split over the devices of `mesh` (default: all devices).
 
     K_ref: intrinsics of the photo (unprojection); Ks [N, 3, 3] of the views; depth_unit: the scene's
-    nearest depth (the blend's depth term and the near plane are relative to it).
+    nearest depth (the blend's depth term and the near plane are relative to it). decoder: default the
+    config's render.decoder from render.DECODERS.
 
     Returns (frames [N, H, W, 3] float32 NumPy, dict of summed drop counts). Extra outputs named in
     `outputs` (e.g. "alpha", "depth") are returned in the counts dict under their names.
@@ -409,7 +452,9 @@ def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progre
         "K_ref": jnp.asarray(K_ref, jnp.float32),
         "depth_unit": jnp.asarray(depth_unit, jnp.float32),
     }
-    fn = render.make_chunk_renderer(scene_arrays, tuple(size), opts, render.IdentityDecoder(), mesh, outputs)
+    if decoder is None:
+        decoder = render.get_decoder(cfg.render.decoder, config=cfg.render, seed=int(cfg.seed))
+    fn = render.make_chunk_renderer(scene_arrays, tuple(size), opts, decoder, mesh, outputs)
     time = np.asarray(disp["time"])
     frames = {k: [] for k in outputs}
     counts = {"num_behind": 0, "num_offscreen": 0}

@@ -11,7 +11,8 @@ For frame t of N seen from camera (pose_t, K_t):
 2. Eq. 4: W = (1 - t/N) a_f e^{-b D_f} / ((1 - t/N) a_f e^{-b D_f} + (t/N) a_b e^{-b D_b}), where a is the
    splat coverage times the splatted layer alpha and D is z-depth in units of the scene's nearest depth
    (`depth_unit`: 1 for estimated depth, the nearest depth in metres for metric depth). Where both sides
-   are empty W = 1 - t/N, so frame N equals frame 0 exactly (seamless loop). Eq. 5-6: F_t = W F_f + (1 - W) F_b, D_t = W D_f + (1 - W) D_b;
+   are empty W = 1 - t/N, so frame N equals frame 0 exactly (seamless loop).
+   Eq. 5-6: F_t = W F_f + (1 - W) F_b, D_t = W D_f + (1 - W) D_b;
 3. a decoder maps (F_t, D_t) to RGB: `IdentityDecoder` reads the RGB channels of RGBA features and fills
    pixels no point reached by push-pull interpolation; the learned decoder of the paper plugs in through
    the same call signature.
@@ -29,6 +30,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cine_jax import scene as scene_lib
+from cine_jax.registry import Registry
 from kernels import camera, splat
 from kernels.mathx import safe_div
 
@@ -48,29 +51,53 @@ def blend_weights(alpha_f, depth_f, alpha_b, depth_b, time, beta=1.0):
     return jnp.where(total > 1e-12, safe_div(wf, total, 1e-12), 1.0 - time)
 
 
-def push_pull_fill(image, valid, levels=8):
-    """Fill pixels where `valid` is False by push-pull interpolation (Gortler et al. 1996).
+def _upsample2(x, shape):
+    """Bilinear x2 upsampling [h, w, C] -> shape (half-pixel centres, as align_corners=False)."""
+    return jax.image.resize(x, shape, method="linear", antialias=False)
 
-    image [H, W, C], valid [H, W] bool or weights in [0, 1]. Push: average valid pixels into a pyramid of
-    2x2 means; pull: where a level has no valid pixel, take the upsampled coarser level. Valid pixels are
-    returned unchanged. Static shapes: the image is padded to a multiple of 2^levels.
+
+def _relax(col, img, wgt, iters):
+    """`iters` Jacobi steps of the membrane (Laplace) equation on the unknown part: each pixel becomes
+    w img + (1 - w) mean(4 neighbours), borders replicated."""
+    for _ in range(iters):
+        p = jnp.pad(col, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        avg = 0.25 * (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:])
+        col = wgt[..., None] * img + (1.0 - wgt[..., None]) * avg
+    return col
+
+
+def push_pull_fill(image, valid, levels=8, relax_iters=2):
+    """Fill pixels where `valid` is False by push-pull interpolation (Gortler et al. 1996), smoothly.
+
+    image [H, W, C], valid [H, W] bool or weights in [0, 1]. Push: a pyramid of 2x2 weighted means,
+    weights summed and clipped to 1 (a coarse pixel with any support counts as known). Pull, coarse to
+    fine: c_l = w_l c_l + (1 - w_l) up(c_{l+1}) with `up` BILINEAR upsampling, then `relax_iters`
+    Jacobi steps of the membrane equation on the unknown pixels of that level (a multigrid-style
+    smoothing that makes the fill meet its border continuously). A filled region is a smooth
+    interpolation of its surroundings with no block edges (a nearest-neighbour pull leaves 2^k-pixel
+    squares). Valid pixels (weight 1) are returned unchanged. Static shapes: the image is padded to a
+    multiple of 2^levels.
     """
     h, w, c = image.shape
     s = 2**levels
     hp, wp = -(-h // s) * s, -(-w // s) * s
-    wgt = jnp.pad(jnp.asarray(valid, jnp.float32), ((0, hp - h), (0, wp - w)))
-    img = jnp.pad(image, ((0, hp - h), (0, wp - w), (0, 0))) * wgt[..., None]
+    wgt = jnp.pad(jnp.clip(jnp.asarray(valid, jnp.float32), 0.0, 1.0), ((0, hp - h), (0, wp - w)))
+    img = jnp.pad(image, ((0, hp - h), (0, wp - w), (0, 0)))
     pyramid = []
+    col = img
     for _ in range(levels):
-        pyramid.append((img, wgt))
-        hh, ww = img.shape[0] // 2, img.shape[1] // 2
-        img = img.reshape(hh, 2, ww, 2, c).sum((1, 3))
-        wgt = wgt.reshape(hh, 2, ww, 2).sum((1, 3))
-    # coarsest level: normalised colour where any weight, else 0
-    col = safe_div(img, wgt[..., None])
+        pyramid.append((col, wgt))
+        hh, ww = col.shape[0] // 2, col.shape[1] // 2
+        num = (col * wgt[..., None]).reshape(hh, 2, ww, 2, c).sum((1, 3))
+        den = wgt.reshape(hh, 2, ww, 2).sum((1, 3))
+        col = safe_div(num, jnp.maximum(den, 1e-12)[..., None])
+        wgt = jnp.minimum(den, 1.0)
+    # the coarsest level: where nothing is known at all, the mean of the known pixels
+    mean = safe_div((col * wgt[..., None]).sum((0, 1)), jnp.maximum(wgt.sum(), 1e-12))
+    col = wgt[..., None] * col + (1.0 - wgt[..., None]) * mean
     for img_l, wgt_l in reversed(pyramid):
-        up = jnp.repeat(jnp.repeat(col, 2, axis=0), 2, axis=1)
-        col = jnp.where(wgt_l[..., None] > 0, safe_div(img_l, jnp.maximum(wgt_l, 1e-12)[..., None]), up)
+        up = _upsample2(col, img_l.shape)
+        col = _relax(wgt_l[..., None] * img_l + (1.0 - wgt_l[..., None]) * up, img_l, wgt_l, relax_iters)
     return col[:h, :w]
 
 
@@ -81,15 +108,32 @@ class IdentityDecoder:
     covered [H, W] bool) -> rgb [H, W, 3] in [0, 1].
     """
 
-    def __init__(self, fill_holes=True, levels=8):
+    def __init__(self, fill_holes=True, levels=8, relax_iters=2):
         self.fill_holes = fill_holes
         self.levels = levels
+        self.relax_iters = relax_iters
+
+    @classmethod
+    def from_config(cls, config, seed=0):
+        """From the `render` section of configs/cinemagraph.py (fill_holes, fill_levels, fill_relax)."""
+        del seed
+        return cls(fill_holes=bool(config.fill_holes), levels=int(config.fill_levels),
+                   relax_iters=int(config.fill_relax))
 
     def __call__(self, features, depth, alpha, covered):
         rgb = features[..., :3]
         if self.fill_holes:
-            rgb = push_pull_fill(rgb, covered, self.levels)
+            rgb = push_pull_fill(rgb, covered, self.levels, self.relax_iters)
         return jnp.clip(rgb, 0.0, 1.0)
+
+
+DECODERS = Registry("decoder")
+DECODERS.register("identity", IdentityDecoder.from_config)
+# register_decoder(name, factory) / get_decoder(name, config=..., seed=...): a factory takes the `render`
+# section of configs/cinemagraph.py and a seed and returns a callable with the decoder signature above (a
+# learned decoder closes over its parameters; it is called inside the jitted renderer).
+register_decoder = DECODERS.register
+get_decoder = DECODERS.get
 
 
 def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opts):
@@ -146,7 +190,7 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     slope = None if slope is None else slope / unit
     out = []
     for disp, valid in ((disp_f, valid_f), (disp_b, valid_b)):
-        pts = camera.unproject_points(uv + disp, z / unit, K_ref)  # keeps the source z (official)
+        pts = scene_lib.displaced_points(uv, z / unit, disp, K_ref)  # keeps the source z (official)
         out.append(_splat_side(pts, feats, slope, valid, pose, K, K_ref, image_size, opts))
     sf, sb = out
     # blend alpha: coverage times the splatted layer alpha (RGBA channel 3) when present

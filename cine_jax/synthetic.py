@@ -244,11 +244,11 @@ def metric_intrinsics(height, width, focal_factor=0.85, principal_offset=(3.3, -
                      [0.0, 0.0, 1.0]])
 
 
-def river_scene(height=96, width=128, *, K=None, disc=True, post=False, water_speed=0.012, seed=1):
+def river_scene(height=96, width=128, *, K=None, disc=True, post=False, water_speed=0.006, seed=1):
     """The benchmark / test scene: a camera 1.6 m above flat ground looking level, with a lens shifted
     so the horizon sits at 30% of the height (principal point cy = 0.3 H: a K of its own), a river
-    3.2-6.5 m ahead flowing to the right at `water_speed` m/frame (0.15-0.3 px/frame at 96 x 128), a
-    textured disc hovering in front of the river (`disc`), optionally a post standing on the ground
+    3.2-6.5 m ahead flowing to the right at `water_speed` m/frame (0.1-0.2 px/frame at 96 x 128, 0.2-0.4
+    at 192 x 256), a textured disc hovering in front of the river (`disc`), optionally a post standing on the ground
     (`post`), and a backdrop 30 m away. Depth spans ~2.6-30 m."""
     if K is None:
         K = metric_intrinsics(height, width, principal_offset=(3.3, 0.3 * height - (height - 1) / 2))

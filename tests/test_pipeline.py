@@ -249,5 +249,7 @@ def test_metric_depth_keeps_its_units(tmp_path, river):
     # a named trajectory moves in units of the nearest depth, so its frames do not depend on the unit
     d1 = pipeline.animate(p["image"], depth=p["depth"], trajectory="side", num_frames=3, **kw)
     d2 = pipeline.animate(p["image"], depth=10 * p["depth"], trajectory="side", num_frames=3, **kw)
-    np.testing.assert_allclose(d2.frames, d1.frames, atol=2e-4)
+    # (the border band the camera reveals beyond the image is excluded: there a pixel that no point covers
+    # within one pixel takes the colour of the nearest footprint, a tie that float rounding can decide)
+    np.testing.assert_allclose(d2.frames[:, 8:-8, 8:-8], d1.frames[:, 8:-8, 8:-8], atol=2e-4)
     np.testing.assert_allclose(d2.poses[:, :3, 3], 10 * d1.poses[:, :3, 3], rtol=1e-5)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cine_jax import render, scene, synthetic
+from cine_jax import motion, render, scene, synthetic
 from cine_jax.layering import LDI
 from configs import cinemagraph
 from kernels import camera
@@ -106,8 +106,8 @@ def test_frame_n_equals_frame_zero():
     ldi = _single_layer(s)
     cloud = scene.build_point_cloud(ldi)
     fields = scene.layer_flows(s.flow, ldi)
-    fwd = scene.integrate_points(fields, cloud.uv, cloud.layer, n)
-    bwd = scene.integrate_points(-fields, cloud.uv, cloud.layer, n)
+    fwd = motion.euler_integrate(fields, cloud.uv, n, layer=cloud.layer, border="clamp")
+    bwd = motion.euler_integrate(-fields, cloud.uv, n, layer=cloud.layer, border="clamp")
     K = np.asarray(camera.intrinsics_from_focal(48.0, h, w))
     arrays = _scene_arrays(cloud, K)
     pose = camera.translation_pose([0.3, -0.2, 0.1])  # large enough to uncover pixels at the borders
