@@ -151,9 +151,11 @@ def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opt
     kw = {}
     if opts["slope_slack"] > 0 and slope is not None:
         # a neighbour of the same surface within the footprint (<= radius from the pixel, the pixel's
-        # nearest point within core_fraction * radius) is at most (1 + core) * radius target pixels away,
-        # i.e. that many / mag source pixels: its depth differs by at most slope per source pixel times that
-        kw["depth_slack"] = opts["slope_slack"] * slope * (1.0 + opts["core_fraction"]) * radius / mag
+        # nearest point within the core, max(core_fraction * radius, sqrt(1/2) * spacing)) is at most
+        # radius + core target pixels away, i.e. that many / mag source pixels: its depth differs by at
+        # most slope per source pixel times that
+        core = jnp.maximum(opts["core_fraction"] * radius, jnp.sqrt(0.5) * jnp.maximum(mag, 1.0))
+        kw["depth_slack"] = opts["slope_slack"] * slope * (radius + core) / mag
     return splat.splat_points(
         pts,
         feats,

@@ -18,7 +18,9 @@ Algorithm of `splat_points` (H x W target image, N points, C channels):
    d^2 = (j - u)^2 + (i - v)^2, coverage w_cov = max(0, 1 - d^2 / r^2) (PyTorch3D's point kernel, the
    one the official renderer composites with). A tap is active iff the point is kept, the pixel is
    inside the image and d < r.
-3. Soft z-test: zmin_core[p] = min z over active taps of pixel p with d <= core_fraction * r,
+3. Soft z-test: zmin_core[p] = min z over active taps of pixel p with d <= max(core_fraction * r,
+   sqrt(1/2) a) (a = the point's `kernel_width`, its surface's point spacing in pixels: a pixel inside a
+   magnified surface has one of its points within sqrt(1/2) a),
    zmin_all[p] = min z over all active taps of p, zmin = zmin_core where defined, else zmin_all (one
    scatter-min of both). Using the core keeps a foreground edge from dilating by the full radius over a
    background that already covers the pixel. Each active tap of a point with depth slack e (>= 0, per
@@ -179,7 +181,8 @@ def splat_points(
       core_fraction: taps with d <= core_fraction * r define the front surface of a pixel when any exist.
       sigma: standard deviation (pixels) of the Gaussian feature weight.
       kernel: feature kernel, "gaussian" (default) or "bilinear" (module docstring, step 4).
-      kernel_width: "bilinear" tent half-width a in pixels, a number or [N] (clipped below at 1).
+      kernel_width: the spacing a of the point's surface in this view (pixels, a number or [N], clipped
+        below at 1): the "bilinear" tent half-width, and the core reaches at least sqrt(1/2) a.
       depth_slack: optional [N] per-point depth slack e >= 0 of the soft z-test (same units as z).
 
     Returns a dict:
@@ -252,7 +255,10 @@ def splat_points(
     inside = (ti >= 0) & (ti < height) & (tj >= 0) & (tj < width)
     d2 = (tj.astype(dtype) - u[:, None]) ** 2 + (ti.astype(dtype) - v[:, None]) ** 2
     active = front[:, None] & inside & (d2 < r2[:, None])
-    core = active & (d2 <= (core_fraction**2) * r2[:, None])
+    # the core reaches at least sqrt(1/2) of the point spacing (kernel_width): inside a magnified surface
+    # whose points are farther apart than the core, a pixel still has one of them in its core
+    spacing2 = 0.5 * jnp.maximum(jnp.broadcast_to(kernel_width.astype(dtype), (n,)), 1.0) ** 2
+    core = active & (d2 <= jnp.maximum((core_fraction**2) * r2, spacing2)[:, None])
     # Inactive taps keep a nearby in-range index and carry neutral updates (inf for min, 0 for add).
     pix = jnp.clip(ti * width + tj, 0, num_pixels - 1).reshape(-1)
 

@@ -66,7 +66,8 @@ def brute_force_splat(points, feats, K, H, W, radius, valid=None, max_radius=Non
     for p, i, j, d2, r2, _, _ in taps:
         z = points[p, 2]
         zall[i, j] = min(zall[i, j], z)
-        if d2 <= core_fraction**2 * r2:
+        # core: within core_fraction * r, or within half the diagonal of the point's spacing cell
+        if d2 <= max(core_fraction**2 * r2, 0.5 * max(width[p], 1.0) ** 2):
             zcore[i, j] = min(zcore[i, j], z)
     zmin = np.where(np.isfinite(zcore), zcore, zall)
     num = np.zeros((H, W, c))
