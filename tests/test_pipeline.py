@@ -322,3 +322,21 @@ def test_known_answer_scene_beats_the_zbuffer_baseline(tmp_path, river):
         base = baseline.zbuffer_cinemagraph(p["image"], p["depth"], p["flow"], river.K, poses, river.K)
         ours, theirs = _interior_psnr(res.frames, exact), _interior_psnr(base, exact)
         assert ours >= theirs + 1.0, (name, ours, theirs)
+
+
+def test_reveal_width_closed_form():
+    # A front at depth 1 and a back at depth 4 seen through pixel (32, 24) of a camera with fx = 64: a
+    # sideways move tx separates them by fx tx (1/1 - 1/4) pixels; the animation adds N x the largest flow
+    # magnitude within 2 px, and the pad is added once.
+    K = np.array([[64.0, 0, 31.5], [0, 64.0, 23.5], [0, 0, 1]])
+    poses = np.tile(np.eye(4), (3, 1, 1))
+    poses[1, 0, 3], poses[2, 0, 3] = 0.1, -0.25
+    flow = np.zeros((48, 64, 2), np.float32)
+    flow[24, 34] = (0.3, 0.4)  # 2 px from the contour pixel: seen by the 5 x 5 neighbourhood
+    fn = pipeline.reveal_width(poses, np.broadcast_to(K, (3, 3, 3)), K, flow, num_frames=10, pad=1.5)
+    got = fn(1, np.array([[32.0, 24.0]]), np.array([1.0]), np.array([4.0]))
+    np.testing.assert_allclose(got, 64 * 0.25 * 0.75 + 10 * 0.5 + 1.5, rtol=1e-6)
+    flow[24, 35] = (3.0, 4.0)  # 3 px away: outside the neighbourhood, no effect
+    fn = pipeline.reveal_width(poses, np.broadcast_to(K, (3, 3, 3)), K, flow, num_frames=10, pad=1.5)
+    np.testing.assert_allclose(fn(1, np.array([[32.0, 24.0]]), np.array([1.0]), np.array([4.0])),
+                               64 * 0.25 * 0.75 + 10 * 0.5 + 1.5, rtol=1e-6)

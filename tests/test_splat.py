@@ -244,6 +244,29 @@ def test_slanted_surface_does_not_occlude_itself_with_slope_slack():
         assert float(jnp.min(plain["alpha"][interior])) < 0.95
 
 
+def test_magnified_foreground_hides_the_background_between_its_points(rng):
+    # Zooming in spreads a near surface's points 1.3 px apart; a pixel in the middle of four of them is
+    # 0.92 px from each, outside the core (0.5 x 1.5 px), while a background point behind may sit in its
+    # core. The core reaches sqrt(1/2) x the spacing (kernel_width), so the background stays hidden
+    # (without that: a grid of background dots showing through the foreground).
+    H = W = 40
+    K = np.asarray(camera.intrinsics_from_focal(40.0, H, W), np.float32)
+    a = 1.3
+    ii, jj = np.meshgrid(np.arange(-2, H + 2, a / 1.0), np.arange(-2, W + 2, a / 1.0), indexing="ij")
+    near = np.asarray(camera.unproject_points(jnp.asarray(np.stack([jj, ii], -1).reshape(-1, 2), jnp.float32),
+                                              jnp.ones(ii.size, jnp.float32), K))
+    far = dense_plane_points(np.full((H, W), 3.0), K)
+    pts = np.concatenate([near, far])
+    ind = np.concatenate([np.zeros((len(near), 1)), np.ones((len(far), 1))]).astype(np.float32)
+    width = np.concatenate([np.full(len(near), a), np.ones(len(far))]).astype(np.float32)
+    out = run(pts, ind, K, (H, W), kernel="bilinear", kernel_width=width, depth_tau=0.01, core_fraction=0.5)
+    share = np.asarray(out["features"])[3:-3, 3:-3, 0]
+    assert share.max() < 0.01, share.max()
+    # the same with the plain core (kernel_width 1 for everyone): the background shows through
+    leak = run(pts, ind, K, (H, W), kernel="bilinear", depth_tau=0.01, core_fraction=0.5)
+    assert np.asarray(leak["features"])[3:-3, 3:-3, 0].max() > 0.2
+
+
 def test_tap_window_contains_the_footprint():
     # Kt = ceil(r + 0.5) - 1: r = 1.5 -> 3x3, r = 1.51 -> 5x5, r = 0.4 -> 1x1.
     assert [splat.tap_half_width(r) for r in (0.4, 0.5, 1.0, 1.5, 1.51, 2.5)] == [0, 0, 1, 1, 2, 2]
