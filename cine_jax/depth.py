@@ -211,9 +211,7 @@ def detect_sky(image, brightness=0.45, max_saturation=0.25, blue_margin=0.03, ma
     mn = img.min(axis=-1)
     sat = (mx - mn) / np.maximum(mx, 1e-6)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    local_var = box_mean(grey * grey, window // 2) - box_mean(grey, window // 2) ** 2
-    smooth = np.sqrt(np.maximum(local_var, 0.0)) < max_local_std
+    smooth = local_std(img, window) < max_local_std
     colour = (mx > brightness) & ((sat < max_saturation) | ((b > r + blue_margin) & (b >= g)))
     cand = (colour & smooth).astype(np.uint8)
     cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
@@ -231,11 +229,11 @@ def detect_sky(image, brightness=0.45, max_saturation=0.25, blue_margin=0.03, ma
 
 
 def local_std(image, window=7):
-    """Standard deviation [H, W] of the grey values in a window x window neighbourhood (clipped at the
-    border): how textured the image is around each pixel."""
+    """Standard deviation [H, W] float64 of the grey values in a window x window neighbourhood (clipped at
+    the border): how textured the image is around each pixel (sky and water are smooth)."""
     grey = cv2.cvtColor(validate_image(image), cv2.COLOR_RGB2GRAY).astype(np.float64)
     var = box_mean(grey * grey, window // 2) - box_mean(grey, window // 2) ** 2
-    return np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+    return np.sqrt(np.maximum(var, 0.0))
 
 
 def ground_contact_rows(standing, horizon_row, gap=1, smooth_cols=0, min_rise=1):

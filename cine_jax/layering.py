@@ -375,26 +375,34 @@ def depth_edge_masks(depth, threshold, disparity_range=None):
     return np.abs(np.diff(disp, axis=1)) > tol, np.abs(np.diff(disp, axis=0)) > tol
 
 
-def _touching(inside, edges):
-    """Pixels outside `inside` that 4-neighbour it: (across a depth edge [H, W], without one [H, W])."""
+def _surface_distance(region, edges, sources):
+    """Steps [H, W] from the nearest `sources` pixel, walking between 4-neighbours of `region` that are not
+    across a depth edge (inf where unreachable): a breadth-first search on the surface (scipy.sparse.csgraph)."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
     right, down = edges
-    outside = ~inside
-    disc = np.zeros(inside.shape, bool)
-    cont = np.zeros(inside.shape, bool)
-    for edge, a, b in ((right, (slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-                       (down, (slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
-        for src, dst in ((a, b), (b, a)):
-            touch = outside[src] & inside[dst]
-            disc[src] |= touch & edge
-            cont[src] |= touch & ~edge
-    return disc, cont
+    h, w = region.shape
+    idx = np.arange(h * w).reshape(h, w)
+    link_r = region[:, :-1] & region[:, 1:] & ~right
+    link_d = region[:-1, :] & region[1:, :] & ~down
+    src = idx[sources]
+    rows = np.concatenate([idx[:, :-1][link_r], idx[:-1, :][link_d], np.full(src.size, h * w)])
+    cols = np.concatenate([idx[:, 1:][link_r], idx[1:, :][link_d], src])
+    graph = scipy.sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(h * w + 1, h * w + 1)).tocsr()
+    dist = scipy.sparse.csgraph.shortest_path(graph, directed=False, unweighted=True, indices=h * w)
+    return dist[: h * w].reshape(h, w)
 
 
 def across_depth_edge(inside, edges, min_pixels=10):
-    """For the pixels outside `inside` [H, W] bool: True where the nearest pixel touching `inside` meets it
-    across a depth edge (`edges` = depth_edge_masks(...)), i.e. the pixel belongs to a surface separated
-    from `inside` by an occluding contour; False where it meets `inside` continuously (one surface cut by
-    a depth bin) and inside `inside`. Nearest = Euclidean distance transform with labels (OpenCV).
+    """For the pixels outside `inside` [H, W] bool: True where they belong to a surface separated from
+    `inside` by an occluding contour, False where their surface continues into `inside` (one surface cut
+    by a depth bin) and inside `inside`.
+
+    The pixels touching `inside` are its contacts, continuous or across a depth edge (`edges` =
+    depth_edge_masks(...)). Walking on the surface (between neighbours not across a depth edge), a pixel
+    is separated when its nearest contact is an edge one: a disc's pixels can only reach its silhouette;
+    the water just below the disc reaches the continuous cut first.
     Components of `inside` with fewer than `min_pixels` pixels are ignored (speckle: a few pixels of a
     noisy surface that fall into the next depth bin would otherwise make their surroundings continuous)."""
     inside = np.asarray(inside, bool)
@@ -404,15 +412,22 @@ def across_depth_edge(inside, edges, min_pixels=10):
         small = small[small > 0]
         if small.size:
             inside = inside & ~np.isin(labels, small)
-    disc, cont = _touching(inside, edges)
-    boundary = disc | cont
-    if not boundary.any():
+    outside = ~inside
+    right, down = edges
+    disc = np.zeros(inside.shape, bool)
+    cont = np.zeros(inside.shape, bool)
+    for edge, a, b in ((right, (slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                       (down, (slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+        for src, dst in ((a, b), (b, a)):
+            touch = outside[src] & inside[dst]
+            disc[src] |= touch & edge
+            cont[src] |= touch & ~edge
+    cont &= ~disc  # a pixel touching both counts as a contour pixel
+    if not disc.any():
         return np.zeros(inside.shape, bool)
-    _, labels = cv2.distanceTransformWithLabels((~boundary).astype(np.uint8), cv2.DIST_L2, 5,
-                                                labelType=cv2.DIST_LABEL_PIXEL)
-    kind = np.zeros(labels.max() + 1, bool)
-    kind[labels[boundary]] = disc[boundary]
-    return ~inside & kind[labels]
+    d_disc = _surface_distance(outside, edges, disc)
+    d_cont = _surface_distance(outside, edges, cont) if cont.any() else np.full(inside.shape, np.inf)
+    return outside & (d_disc < d_cont)
 
 
 def occlusion_fronts(depth, front, back, threshold, disparity_range=None):

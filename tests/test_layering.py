@@ -230,8 +230,13 @@ def test_build_ldi_three_planes_orders_layers_and_partitions(rng):
     hidden = ~ldi.visible[1, 26:46, 26:46]
     assert hidden.sum() > 390
     np.testing.assert_allclose(ldi.depth[1, 26:46, 26:46][hidden], 3.0, rtol=0.01)
-    # ... and the far layer is complete everywhere (the last layer keeps all its inpainted pixels).
-    assert ldi.rgba[2, ..., 3].min() == 1.0
+    # ... and the far layer is complete behind the mid plane (every pixel within the 40 px band of its
+    # outline), except behind the central block: that block touches only the mid plane, so the far plane
+    # there is hidden twice over (the mid layer's hidden content covers it) and is not inpainted.
+    far = ldi.rgba[2, ..., 3] == 1.0
+    block = np.zeros((h, w), bool)
+    block[26:46, 26:46] = True
+    assert far[~block].all() and not far[block].any()
     assert np.all(ldi.depth[2] >= 0.9 * ldi.edges[2])
     # Colour behind the near block is the mid plane's (smooth noise around 0.5), not the block's.
     assert np.abs(ldi.rgba[1, 26:46, 26:46, :3][hidden] - 0.5).max() < 0.1
@@ -336,3 +341,19 @@ def test_band_behind_occluder_is_what_the_camera_reveals():
     # a static camera over a static scene reveals nothing: no hidden pixel at all
     still = ly.build_ldi(img, depth, edges, ly.OpenCVInpainter(), reveal_width=0.0)
     np.testing.assert_array_equal(still.rgba[..., 3] > 0.5, still.visible)
+
+
+def test_hidden_content_only_behind_occluders_in_a_metric_scene():
+    # River scene (exact depth): the ground and river form one continuous surface from 2.6 m to the
+    # backdrop, cut into several depth bins; a disc and a post occlude it. Hidden (inpainted) pixels may
+    # only lie on the occluders, never on the nearer part of the ground next to a contour.
+    from cine_jax import synthetic
+
+    r = synthetic.river_scene(72, 96, disc=True, post=True).render()
+    edges = ly.depth_bins(r["depth"], subsample=2)
+    ldi = ly.build_ldi(r["image"], r["depth"], edges, ly.OpenCVInpainter(), reveal_width=12.0)
+    assert ldi.num_layers >= 3
+    hidden = ((ldi.rgba[..., 3] > 0.5) & ~ldi.visible).any(0)
+    occluder = r["surface"] >= 3
+    assert hidden.sum() > 100
+    assert not (hidden & ~occluder).any(), int((hidden & ~occluder).sum())
