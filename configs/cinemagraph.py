@@ -124,8 +124,8 @@ def get_config(arg=None):
     return c
 
 
-# Ranges of the values above (for configs/validate.py on main, issue 13: checked before any compute). Every
-# number, flag and tuple has a rule here; this branch's keys (issue 7) are included.
+# Ranges of the values above, checked before any compute (configs/validate.py; `cine-jax animate` and
+# pipeline.animate). Every number, flag and tuple needs a rule here (tests/test_config_ranges.py checks it).
 RANGES = {
     "seed": "int >= 0",
     "io.max_side": "int >= 0",  # 0 = the input size

@@ -5,21 +5,27 @@
              [--distributed] [--config.section.key=value ...]
 
 `fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
+Errors (clitools): a bad dataset, output folder, option or config value ends with exit code 2 and one line
+naming the file (or key) and the problem; `--debug` shows the traceback. An output folder that already holds
+files is refused unless `--overwrite` (make-scene, fit) or `--resume` (fit) is given.
 --distributed: multi-host run; jax.distributed.initialize() (coordinator/process ids from the
 environment, e.g. SLURM/TPU pods) is called before any device is touched, the mesh spans all hosts'
 devices, and metrics/config/results/video files are written by process 0 only.
 """
 
-import argparse
 import json
 import sys
 
+from clitools import errors
+from clitools import outputs as safe_out
 from configs.overrides import apply_overrides, split_overrides
+
+PROG = "four-d"
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="four-d", description="image-to-4D tools (cine-jax four_d)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = errors.ArgumentParser(prog=PROG, description="image-to-4D tools (cine-jax four_d)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=errors.ArgumentParser)
 
     ms = sub.add_parser("make-scene", help="write an analytic dynamic test dataset")
     ms.add_argument("dir")
@@ -31,6 +37,8 @@ def _parser():
     ms.add_argument("--size", type=int, default=32)
     ms.add_argument("--radius", type=float, default=1.8, help="camera distance (official 1.8)")
     ms.add_argument("--fovy", type=float, default=40.0, help="vertical fov in degrees (official 40)")
+    ms.add_argument("--overwrite", action="store_true", help="replace a dataset in a folder that holds files")
+    errors.add_common_flags(ms)
 
     fit = sub.add_parser("fit", help="fit a 4D field to a dataset folder")
     fit.add_argument("data_dir")
@@ -42,11 +50,12 @@ def _parser():
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--distributed", action="store_true",
                      help="multi-host: call jax.distributed.initialize() first (process 0 writes files)")
+    fit.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds files")
+    errors.add_common_flags(fit)
     return p
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv):
     # --config.a.b=value overrides are pulled out before argparse sees them.
     argv, overrides = split_overrides(argv)
     args = _parser().parse_args(argv)
@@ -54,8 +63,13 @@ def main(argv=None):
     if args.command == "make-scene":
         from four_d import scenes
 
-        if args.times < 1:
-            raise SystemExit("four-d make-scene: --times must be >= 1")
+        for flag, value, low in (("--times", args.times, 1), ("--views", args.views, 1),
+                                 ("--test-views", args.test_views, 0), ("--size", args.size, 4)):
+            if value < low:
+                raise errors.InputError(f"{flag}: must be >= {low}, got {value}")
+        if not (args.radius > 0 and 0 < args.fovy < 180):
+            raise errors.InputError(f"--radius must be > 0 and --fovy in (0, 180), got {args.radius}, {args.fovy}")
+        safe_out.prepare_output_dir(args.dir, overwrite=args.overwrite, flag="make-scene DIR")
         times = [k / max(args.times - 1, 1) for k in range(args.times)]
         scene = scenes.make_scene(args.scene, args.seed)
         path = scenes.write_dataset(scene, args.dir, args.views, times, args.size, num_test_views=args.test_views,
@@ -74,9 +88,13 @@ def main(argv=None):
     from four_d import fit as fit_lib
 
     try:
-        config = apply_overrides(get_config(args.config), overrides)
+        config = get_config(args.config)
     except ValueError as e:
-        raise SystemExit(f"four-d: error: {e}") from None
+        raise errors.InputError(f"--config: {e}") from None
+    config = apply_overrides(config, overrides)
+    if args.resume and args.overwrite:
+        raise errors.InputError("--resume continues the run in --out; --overwrite starts afresh: give one")
+    safe_out.prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
     mesh = fit_lib.make_mesh(args.devices)
     res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
                       progress=not args.no_progress, video=not args.no_video)
@@ -85,6 +103,11 @@ def main(argv=None):
     if fit_lib.is_main_process():
         print(json.dumps(res, indent=1))
     return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return errors.run(_main, argv, PROG)
 
 
 if __name__ == "__main__":
