@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cine_jax import motion, render, scene, synthetic
 from cine_jax.layering import LDI
@@ -210,6 +211,17 @@ def test_push_pull_fill_keeps_valid_and_fills_holes(rng):
     const = np.full((20, 30, 3), 0.3, np.float32)
     np.testing.assert_allclose(np.asarray(render.push_pull_fill(jnp.asarray(const), jnp.asarray(valid), 4)), 0.3,
                                atol=1e-6)
+
+
+def test_upsample2_matches_pytorch_bilinear(rng):
+    # the push-pull's x2 upsampling: PyTorch's bilinear interpolate with align_corners=False (half-pixel
+    # centres, replicated borders), odd sizes; float32 rounding only (tolerance 1e-6)
+    torch = pytest.importorskip("torch")
+    x = rng.random((5, 7, 3)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], scale_factor=2,
+                                          mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    out = np.asarray(render._upsample2(jnp.asarray(x), (10, 14, 3)))
+    np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
 def test_sharded_chunk_equals_single_device():
