@@ -27,6 +27,8 @@ __all__ = [
     "detect_sky",
     "get_estimator",
     "ground_plane_depth",
+    "local_std",
+    "ground_contact_rows",
     "guided_filter",
     "normalize_disparity_to_depth",
     "register_estimator",
@@ -209,9 +211,7 @@ def detect_sky(image, brightness=0.45, max_saturation=0.25, blue_margin=0.03, ma
     mn = img.min(axis=-1)
     sat = (mx - mn) / np.maximum(mx, 1e-6)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    local_var = box_mean(grey * grey, window // 2) - box_mean(grey, window // 2) ** 2
-    smooth = np.sqrt(np.maximum(local_var, 0.0)) < max_local_std
+    smooth = local_std(img, window) < max_local_std
     colour = (mx > brightness) & ((sat < max_saturation) | ((b > r + blue_margin) & (b >= g)))
     cand = (colour & smooth).astype(np.uint8)
     cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
@@ -228,30 +228,75 @@ def detect_sky(image, brightness=0.45, max_saturation=0.25, blue_margin=0.03, ma
     return run
 
 
-class HeuristicDepth:
-    """Weight-free depth for landscape photos: ground-plane prior + sky + edge-aware smoothing.
+def local_std(image, window=7):
+    """Standard deviation [H, W] float64 of the grey values in a window x window neighbourhood (clipped at
+    the border): how textured the image is around each pixel (sky and water are smooth)."""
+    grey = cv2.cvtColor(validate_image(image), cv2.COLOR_RGB2GRAY).astype(np.float64)
+    var = box_mean(grey * grey, window // 2) - box_mean(grey, window // 2) ** 2
+    return np.sqrt(np.maximum(var, 0.0))
 
-    Steps (all deterministic, NumPy/OpenCV):
-      1. Ground-plane prior `ground_plane_depth`: depth grows towards the horizon row
+
+def ground_contact_rows(standing, horizon_row, gap=1, smooth_cols=0, min_rise=1):
+    """Per column, the row [W] float where things standing at the horizon meet the ground.
+
+    standing [H, W] bool marks pixels of standing (vertical) things. A column where a standing thing
+    rises at least `min_rise` rows above the horizon row (a contiguous standing run ending at it) is
+    followed down from the horizon while it stays standing (gaps of up to `gap` rows are bridged); the
+    contact is the row after the run (the image height if the run reaches the bottom: the thing's foot
+    is below the frame). Other columns get the horizon row (nothing stands there). `smooth_cols` > 1
+    applies a running median over columns."""
+    h, w = standing.shape
+    r0 = int(np.clip(np.floor(horizon_row), 0, h - 1))
+    col = standing.astype(np.uint8)
+    if gap > 0:  # bridge short gaps along the column
+        col = cv2.morphologyEx(col, cv2.MORPH_CLOSE, np.ones((2 * gap + 1, 1), np.uint8))
+        col = col & standing.any(axis=0, keepdims=True).astype(np.uint8)
+    rise = np.cumprod(col[:r0 + 1][::-1], axis=0).sum(axis=0)  # run length upwards from the horizon row
+    run = np.cumprod(col[r0:], axis=0).sum(axis=0)  # run length downwards from the horizon row
+    contact = np.where(rise >= max(min_rise, 1), r0 + run, horizon_row).astype(np.float64)
+    if smooth_cols > 1:
+        import scipy.ndimage
+
+        contact = scipy.ndimage.median_filter(contact, size=smooth_cols, mode="nearest")
+    return contact
+
+
+class HeuristicDepth:
+    """Weight-free depth for landscape photos: ground plane + standing objects (pop-up) + sky.
+
+    Steps (all deterministic, NumPy/OpenCV/scikit-learn):
+      1. Ground-plane prior `ground_plane_depth`: depth grows towards the horizon row r_h
          (z = near * (H - r_h) / (v - r_h) below it, clipped to `far`; `far` above it).
       2. Sky (`detect_sky`: bright, grey or blue, smooth, connected to the top border) gets `sky_depth`.
-      3. The prior disparity (1 / z) is smoothed by a colour guided filter (He et al. 2010, radius
+      3. Pop-up (`popup`, after Hoiem et al.'s "Automatic Photo Pop-up"): things standing on the ground
+         take the depth of their ground contact. A non-sky pixel above the horizon stands (the ground
+         cannot be above the horizon); below it the ground is taken to be smooth (water, fields seen at
+         a grazing angle), so a textured pixel (`local_std` > `texture_std`) continues a standing thing.
+         In each column where a standing thing rises at least `contact_rise` x H above the horizon
+         (ground seen just above a misplaced horizon does not), the standing run is followed down from
+         the horizon; the contact row is where it ends (`ground_contact_rows`: smooth gaps up to
+         `contact_gap` x H are bridged (plain walls, windows); the image bottom if the thing's foot is
+         out of frame; running median over `contact_smooth` x W columns), and every non-sky pixel of
+         the column above the contact gets the ground depth of the contact row: a tower whose base is
+         hidden by the trees in front stands near the camera instead of at the horizon's depth.
+      4. The prior disparity (1 / z) is smoothed by a colour guided filter (He et al. 2010, radius
          `guided_radius`, eps `guided_eps`) with the image as guide, so depth discontinuities snap to
-         image edges (the sky line, object outlines where the prior changes); the result is clipped
-         to the prior's disparity range so it stays positive.
-      4. A `median_ksize` median filter removes speckle (official remove_noise_in_dpt_disparity, 5x5).
-      5. Disparity is scaled so its maximum is 1 / near and depth = 1 / disparity: the nearest pixel
+         image edges; the result is clipped to the prior's disparity range so it stays positive.
+      5. A `median_ksize` median filter removes speckle (official remove_noise_in_dpt_disparity, 5x5).
+      6. Disparity is scaled so its maximum is 1 / near and depth = 1 / disparity: the nearest pixel
          has depth exactly `near` (official: depth = 1 / disp with disp max 1).
 
-    Limits: this is a prior, not an estimator. Objects standing on the ground (trees, buildings,
-    people) get the depth of the ground row they cover, or `far` above the horizon, instead of their
-    own depth; the horizon is a fixed fraction of the height, so tilted cameras, aerial views, close-ups
-    and indoor scenes get wrong depth; sky detection fails as documented in `detect_sky`. It gives
-    plausible, smooth parallax (near bottom, far top, sky farthest) for typical landscape photos.
+    Limits: this is a prior, not an estimator. The horizon is a fixed fraction of the height, so tilted
+    cameras, aerial views, close-ups and indoor scenes get wrong depth; things that stand entirely below
+    the horizon stay on the ground plane; textured ground (grass, gravel) next to a standing thing is
+    taken as part of it down to where the texture ends; sky detection fails as documented in
+    `detect_sky` (set `popup` False when the pop-up misleads). It gives plausible, smooth parallax (near bottom,
+    standing things at their foot's depth, sky farthest) for typical landscape photos.
     """
 
     def __init__(self, near=1.0, far=20.0, sky_depth=60.0, horizon=0.5, guided_radius=8, guided_eps=1e-3,
-                 median_ksize=5):
+                 median_ksize=5, popup=True, texture_std=0.03, contact_rise=0.05, contact_gap=0.04,
+                 contact_smooth=0.02):
         if not 0.0 < near < far <= sky_depth:
             raise ValueError(f"HeuristicDepth: need 0 < near < far <= sky_depth, got near={near}, "
                              f"far={far}, sky_depth={sky_depth}")
@@ -262,8 +307,26 @@ class HeuristicDepth:
                              f"{guided_radius}, {guided_eps}")
         if median_ksize < 1 or median_ksize % 2 == 0:
             raise ValueError(f"HeuristicDepth: median_ksize must be odd and >= 1, got {median_ksize}")
+        fractions = (contact_rise, contact_gap, contact_smooth)
+        if texture_std < 0 or not all(0.0 <= f < 1.0 for f in fractions):
+            raise ValueError(f"HeuristicDepth: need texture_std >= 0 and contact_rise, contact_gap, contact_smooth "
+                             f"in [0, 1), got {texture_std}, {fractions}")
         self.near, self.far, self.sky_depth, self.horizon = near, far, sky_depth, horizon
         self.guided_radius, self.guided_eps, self.median_ksize = guided_radius, guided_eps, median_ksize
+        self.popup, self.texture_std = popup, texture_std
+        self.contact_rise, self.contact_gap, self.contact_smooth = contact_rise, contact_gap, contact_smooth
+
+    @classmethod
+    def from_config(cls, config, seed=0):
+        """From the `depth` section of configs/cinemagraph.py: near, and the heuristic's own section
+        `heuristic` (far, sky_depth, horizon, guided_radius, guided_eps, median_ksize, popup,
+        texture_std, contact_rise, contact_gap, contact_smooth). Deterministic: the seed is not used."""
+        del seed
+        hc = config.heuristic
+        return cls(near=config.near, far=hc.far, sky_depth=hc.sky_depth, horizon=hc.horizon,
+                   guided_radius=hc.guided_radius, guided_eps=hc.guided_eps, median_ksize=hc.median_ksize,
+                   popup=hc.popup, texture_std=hc.texture_std, contact_rise=hc.contact_rise,
+                   contact_gap=hc.contact_gap, contact_smooth=hc.contact_smooth)
 
     def prior(self, image):
         """(prior depth [H, W] float32, sky mask [H, W] bool) before smoothing and normalisation."""
@@ -271,6 +334,18 @@ class HeuristicDepth:
         h, w = img.shape[:2]
         z = ground_plane_depth(h, w, self.near, self.far, self.horizon).copy()
         sky = detect_sky(img)
+        if self.popup:
+            r_h = self.horizon * h
+            above = np.arange(h)[:, None] < r_h
+            standing = ~sky & (above | (local_std(img) > self.texture_std))
+            contact = ground_contact_rows(standing, r_h, gap=max(1, int(round(self.contact_gap * h))),
+                                          smooth_cols=int(round(self.contact_smooth * w)) | 1,
+                                          min_rise=int(round(self.contact_rise * h)))
+            # the ground plane's depth at each column's contact row (`ground_plane_depth`'s formula; the
+            # bottom edge of the frame, row H, is `near`)
+            zc = np.clip(self.near * (h - r_h) / np.maximum(contact - r_h, 1e-9), self.near, self.far)
+            stands = (np.arange(h)[:, None] < contact[None, :]) & (contact[None, :] > r_h) & ~sky
+            z = np.where(stands, zc[None, :], z).astype(np.float32)
         z[sky] = self.sky_depth
         return z, sky
 
@@ -314,8 +389,9 @@ class DepthEstimator(Protocol):
 
 
 ESTIMATORS = Registry("depth estimator")
-ESTIMATORS.register("heuristic", HeuristicDepth)
-# register_estimator(name, factory) / get_estimator(name, **kwargs): a learned estimator (e.g. DPT from a
-# local weights path) registers a factory and is selected with config depth.estimator.
+ESTIMATORS.register("heuristic", HeuristicDepth.from_config)
+# register_estimator(name, factory) / get_estimator(name, config=..., seed=...): a factory takes the
+# `depth` section of configs/cinemagraph.py (its own settings, e.g. a local weights path, live in a
+# sub-section it adds) and a seed, and returns a DepthEstimator; select it with config depth.estimator.
 register_estimator = ESTIMATORS.register
 get_estimator = ESTIMATORS.get

@@ -132,13 +132,14 @@ def _check_size(size, name="size"):
 def working_size(h, w, max_side=768, multiple_of=8):
     """Working size ``(H, W)`` of an ``h x w`` image.
 
-    The aspect ratio is kept, the longer side becomes ``max_side`` (official: 768) and each side is
-    rounded to the nearest multiple of ``multiple_of`` (at least ``multiple_of``).
+    The aspect ratio is kept, the longer side becomes ``max_side`` (official: 768; 0 keeps the input
+    size, as the official renderer with ``--ds_factor 1``) and each side is rounded to the nearest
+    multiple of ``multiple_of`` (at least ``multiple_of``).
     """
     for name, v in (("h", h), ("w", w), ("max_side", max_side), ("multiple_of", multiple_of)):
-        if not isinstance(v, (int, np.integer)) or v <= 0:
+        if not isinstance(v, (int, np.integer)) or v < 0 or (v == 0 and name != "max_side"):
             raise InputError(f"working_size: {name} must be a positive integer, got {v!r}")
-    scale = max_side / max(h, w)
+    scale = 1.0 if max_side == 0 else max_side / max(h, w)
 
     def _round(x):
         return max(multiple_of, int(round(x / multiple_of)) * multiple_of)
@@ -708,16 +709,48 @@ def load_flow(path, size=None, image_size=None):
     return (out * np.array([W / w, H / h], np.float32)).astype(np.float32)
 
 
-def load_cameras(path, size=None):
-    """Loads ``{"K": 3x3, "poses": [4x4 world-to-camera, ...], "size": [w, h] (optional)}``.
+def _check_K(path, K, what):
+    if not np.all(np.isfinite(K)):
+        _fail(path, f"{what} contains NaN/inf")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        _fail(path, f"{what}: focal lengths must be positive, got fx={K[0, 0]:g}, fy={K[1, 1]:g}")
+    if not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-6) or K[1, 0] != 0:
+        _fail(path, f"{what} must have the form [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
 
-    Validation: K finite with positive focal lengths and last row (0, 0, 1); each pose finite with
-    last row (0, 0, 0, 1) and an orthonormal rotation (``|R R^T - I| <= 1e-3``, det > 0). When both
-    the file's "size" and ``size (H, W)`` are given, K is rescaled to ``size`` with the pixel-centre
-    rule: ``fx' = fx W / w``, ``cx' = (cx + 0.5) W / w - 0.5`` (likewise y).
+
+def _rescale_K(K, from_wh, to_hw):
+    """K for an image of ``from_wh (w, h)`` -> the same camera for ``to_hw (H, W)`` pixels (pixel-centre
+    rule: ``fx' = fx W / w``, ``cx' = (cx + 0.5) W / w - 0.5``, likewise y)."""
+    (w, h), (H, W) = from_wh, to_hw
+    sx, sy = W / w, H / h
+    K = np.array(K, np.float64)
+    K[..., 0, 0] *= sx
+    K[..., 0, 1] *= sx
+    K[..., 1, 1] *= sy
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * sx - 0.5
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * sy - 0.5
+    return K
+
+
+def load_cameras(path, size=None, image_size=None):
+    """Loads a camera path: ``{"K": 3x3 or [3x3 per pose], "poses": [4x4 world-to-camera, ...],
+    "K_source": 3x3 (optional), "size": [w, h] (optional)}``.
+
+    * ``poses``: world-to-camera matrices; the world is the frame of the camera that took the photo
+      (identity = the photo's viewpoint). Translations are in the units of the depth (ARCHITECTURE.md).
+    * ``K``: the intrinsics of the rendered views (one for all, or one per pose).
+    * ``K_source``: the intrinsics of the camera that took the photo, used to unproject it; default
+      ``K`` (the first one when given per pose). Give it when the photo and the rendered views differ.
+    * ``size``: ``[w, h]``, the image size the K's are expressed for; default ``image_size`` (the
+      photo's own pixels). It must have the photo's aspect ratio.
+
+    Validation: every K finite with positive focal lengths and last row (0, 0, 1); each pose finite
+    with last row (0, 0, 0, 1) and an orthonormal rotation (``|R R^T - I| <= 1e-3``, det > 0). When
+    ``size (H, W)`` (the working size) is given, every K is rescaled from the file's frame to it with
+    the pixel-centre rule (``fx' = fx W / w``, ``cx' = (cx + 0.5) W / w - 0.5``, likewise y).
 
     Returns:
-      ``(K [3, 3] float32, poses [N, 4, 4] float32)``.
+      dict(K [N, 3, 3] float32, K_source [3, 3] float32, poses [N, 4, 4] float32).
     """
     path = _check_file(path)
     try:
@@ -727,43 +760,58 @@ def load_cameras(path, size=None):
         _fail(path, f"not valid JSON ({e})")
     if not isinstance(doc, dict) or "K" not in doc or "poses" not in doc:
         _fail(path, 'expected a JSON object with "K" and "poses"')
+    unknown = sorted(set(doc) - {"K", "K_source", "poses", "size"})
+    if unknown:
+        _fail(path, f'unknown keys {unknown}; expected "K", "poses", "K_source" (optional), "size" (optional)')
     try:
         K = np.asarray(doc["K"], np.float64)
         poses = np.asarray(doc["poses"], np.float64)
+        K_src = np.asarray(doc["K_source"], np.float64) if "K_source" in doc else None
     except (TypeError, ValueError):
-        _fail(path, '"K" and "poses" must be nested lists of numbers')
-    if K.shape != (3, 3):
-        _fail(path, f'"K" must be 3x3, got shape {K.shape}')
+        _fail(path, '"K", "K_source" and "poses" must be nested lists of numbers')
     if poses.ndim == 2:
         poses = poses[None]
     if poses.ndim != 3 or poses.shape[1:] != (4, 4) or poses.shape[0] < 1:
         _fail(path, f'"poses" must be a list of 4x4 matrices, got shape {poses.shape}')
-    if not (np.all(np.isfinite(K)) and np.all(np.isfinite(poses))):
-        _fail(path, "K or poses contain NaN/inf")
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        _fail(path, f"focal lengths must be positive, got fx={K[0, 0]:g}, fy={K[1, 1]:g}")
-    if not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-6) or K[1, 0] != 0:
-        _fail(path, f"K must have the form [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
-    for n, P in enumerate(poses):
+    n = poses.shape[0]
+    if K.shape == (3, 3):
+        K = np.broadcast_to(K, (n, 3, 3)).copy()
+    elif K.shape != (n, 3, 3):
+        _fail(path, f'"K" must be 3x3 or one 3x3 per pose ({n} x 3x3), got shape {K.shape}')
+    for k in range(n):
+        _check_K(path, K[k], '"K"' if n == 1 else f'"K"[{k}]')
+    if K_src is None:
+        K_src = K[0].copy()
+    elif K_src.shape != (3, 3):
+        _fail(path, f'"K_source" must be 3x3, got shape {K_src.shape}')
+    else:
+        _check_K(path, K_src, '"K_source"')
+    if not np.all(np.isfinite(poses)):
+        _fail(path, "poses contain NaN/inf")
+    for k, P in enumerate(poses):
         if not np.allclose(P[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
-            _fail(path, f"poses[{n}]: last row must be [0, 0, 0, 1], got {P[3].tolist()}")
+            _fail(path, f"poses[{k}]: last row must be [0, 0, 0, 1], got {P[3].tolist()}")
         R = P[:3, :3]
         err = np.abs(R @ R.T - np.eye(3)).max()
         if err > ROTATION_TOL or np.linalg.det(R) <= 0:
-            _fail(path, f"poses[{n}]: rotation is not orthonormal with det +1 (|RR^T - I| = {err:.2e})")
-    if "size" in doc and size is not None:
+            _fail(path, f"poses[{k}]: rotation is not orthonormal with det +1 (|RR^T - I| = {err:.2e})")
+    frame = None
+    if "size" in doc:
         sz = doc["size"]
         if not (isinstance(sz, list) and len(sz) == 2 and all(isinstance(s, int) and s > 0 for s in sz)):
             _fail(path, f'"size" must be [w, h] with positive integers, got {sz!r}')
+        frame = tuple(sz)
+        if image_size is not None:
+            ih, iw = image_size
+            if abs((sz[0] / sz[1]) / (iw / ih) - 1.0) > ASPECT_TOLERANCE:
+                _fail(path, f'"size" {sz[0]}x{sz[1]} has another aspect ratio than the {iw}x{ih} image')
+    elif image_size is not None:
+        frame = (int(image_size[1]), int(image_size[0]))
+    if size is not None and frame is not None:
         H, W = _check_size(size)
-        sx, sy = W / sz[0], H / sz[1]
-        K = K.copy()
-        K[0, 0] *= sx
-        K[0, 1] *= sx
-        K[1, 1] *= sy
-        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
-        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
-    return K.astype(np.float32), poses.astype(np.float32)
+        K = _rescale_K(K, frame, (H, W))
+        K_src = _rescale_K(K_src, frame, (H, W))
+    return {"K": K.astype(np.float32), "K_source": K_src.astype(np.float32), "poses": poses.astype(np.float32)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ behind the `Inpainter` interface. Host-side NumPy/OpenCV/scikit-learn preprocess
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Protocol, runtime_checkable
 
 import cv2
@@ -25,6 +26,9 @@ __all__ = [
     "bin_indices",
     "build_ldi",
     "depth_bins",
+    "across_depth_edge",
+    "depth_edge_masks",
+    "occlusion_fronts",
     "get_inpainter",
     "layer_previews",
     "refine_near_depth_discontinuity",
@@ -169,6 +173,12 @@ class OpenCVInpainter:
             raise ValueError(f"OpenCVInpainter: radius must be >= 1, got {radius}")
         self.radius, self.method, self._flag = radius, method, methods[method]
 
+    @classmethod
+    def from_config(cls, config, seed=0):
+        """From the `layering` section of configs/cinemagraph.py (inpaint_radius). Deterministic."""
+        del seed
+        return cls(radius=config.inpaint_radius)
+
     def __call__(self, rgb, depth, context, holes):
         rgb = validate_image(rgb, "rgb")
         depth = validate_depth(depth, "depth", shape=rgb.shape[:2])
@@ -203,9 +213,10 @@ class OpenCVInpainter:
 
 
 INPAINTERS = Registry("inpainter")
-INPAINTERS.register("opencv", OpenCVInpainter)
-# register_inpainter(name, factory) / get_inpainter(name, **kwargs): e.g. the 3D-Photo networks later,
-# selected with config layering.inpainter.
+INPAINTERS.register("opencv", OpenCVInpainter.from_config)
+# register_inpainter(name, factory) / get_inpainter(name, config=..., seed=...): a factory takes the
+# `layering` section of configs/cinemagraph.py and a seed and returns an Inpainter (e.g. the 3D-Photo
+# networks from local weights later); select it with config layering.inpainter.
 register_inpainter = INPAINTERS.register
 get_inpainter = INPAINTERS.get
 
@@ -350,27 +361,127 @@ def _merge_small_bins(idx, edges, context_erode, min_layer_pixels):
     return edges[keep]
 
 
+def depth_edge_masks(depth, threshold, disparity_range=None):
+    """Depth discontinuities between 4-neighbours: (right [H, W-1], down [H-1, W]) bool.
+
+    Two neighbours are across an edge when their disparities (1 / z) differ by more than `threshold` x
+    the disparity range (`disparity_range`, default max - min of 1 / depth), as 3D Photo Inpainting's
+    depth edges (argument.yml depth_threshold 0.04). A continuous surface, however slanted, has none (a
+    ground plane's disparity changes by a constant, small step per row); an occluding contour has.
+    """
+    disp = 1.0 / np.asarray(depth, np.float64)
+    rng = float(disp.max() - disp.min()) if disparity_range is None else float(disparity_range)
+    tol = threshold * max(rng, 1e-12)
+    return np.abs(np.diff(disp, axis=1)) > tol, np.abs(np.diff(disp, axis=0)) > tol
+
+
+def _surface_distance(region, edges, sources):
+    """Steps [H, W] from the nearest `sources` pixel, walking between 4-neighbours of `region` that are not
+    across a depth edge (inf where unreachable): a breadth-first search on the surface (scipy.sparse.csgraph)."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    right, down = edges
+    h, w = region.shape
+    idx = np.arange(h * w).reshape(h, w)
+    link_r = region[:, :-1] & region[:, 1:] & ~right
+    link_d = region[:-1, :] & region[1:, :] & ~down
+    src = idx[sources]
+    rows = np.concatenate([idx[:, :-1][link_r], idx[:-1, :][link_d], np.full(src.size, h * w)])
+    cols = np.concatenate([idx[:, 1:][link_r], idx[1:, :][link_d], src])
+    graph = scipy.sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(h * w + 1, h * w + 1)).tocsr()
+    dist = scipy.sparse.csgraph.shortest_path(graph, directed=False, unweighted=True, indices=h * w)
+    return dist[: h * w].reshape(h, w)
+
+
+def across_depth_edge(inside, edges, min_pixels=10):
+    """For the pixels outside `inside` [H, W] bool: True where they belong to a surface separated from
+    `inside` by an occluding contour, False where their surface continues into `inside` (one surface cut
+    by a depth bin) and inside `inside`.
+
+    The pixels touching `inside` are its contacts, continuous or across a depth edge (`edges` =
+    depth_edge_masks(...)). Walking on the surface (between neighbours not across a depth edge), a pixel
+    is separated when its nearest contact is an edge one: a disc's pixels can only reach its silhouette;
+    the water just below the disc reaches the continuous cut first.
+    Components of `inside` with fewer than `min_pixels` pixels are ignored (speckle: a few pixels of a
+    noisy surface that fall into the next depth bin would otherwise make their surroundings continuous)."""
+    inside = np.asarray(inside, bool)
+    if min_pixels > 1 and inside.any():
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(inside.astype(np.uint8), connectivity=4)
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_pixels)
+        small = small[small > 0]
+        if small.size:
+            inside = inside & ~np.isin(labels, small)
+    outside = ~inside
+    right, down = edges
+    disc = np.zeros(inside.shape, bool)
+    cont = np.zeros(inside.shape, bool)
+    for edge, a, b in ((right, (slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                       (down, (slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+        for src, dst in ((a, b), (b, a)):
+            touch = outside[src] & inside[dst]
+            disc[src] |= touch & edge
+            cont[src] |= touch & ~edge
+    cont &= ~disc  # a pixel touching both counts as a contour pixel
+    if not disc.any():
+        return np.zeros(inside.shape, bool)
+    d_disc = _surface_distance(outside, edges, disc)
+    d_cont = _surface_distance(outside, edges, cont) if cont.any() else np.full(inside.shape, np.inf)
+    return outside & (d_disc < d_cont)
+
+
+def occlusion_fronts(depth, front, back, threshold, disparity_range=None):
+    """Pixels of `front` [H, W] bool next (4-neighbours) to a pixel of `back` across a depth edge: the
+    silhouettes behind which a moving camera can reveal `back` content. Returns (mask [H, W] bool,
+    back_depth [H, W]: the nearest such back neighbour's depth, 0 elsewhere)."""
+    z = np.asarray(depth, np.float64)
+    right, down = depth_edge_masks(z, threshold, disparity_range)
+    mask = np.zeros(z.shape, bool)
+    zb = np.full(z.shape, np.inf)
+    for edge, a, b in (
+        (right, (slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+        (down, (slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ):
+        for src, dst in ((a, b), (b, a)):
+            hit = edge & front[src] & back[dst]
+            mask[src] |= hit
+            zb[src] = np.where(hit, np.minimum(zb[src], z[dst]), zb[src])
+    return mask, np.where(mask, zb, 0.0)
+
+
 def build_ldi(image, depth, edges, inpainter, *, context_erode=10, hole_margin=40, min_layer_pixels=10,
-              discontinuity_ksize=11):
-    """Sequential near-to-far layering and inpainting (official sequential_inpainting).
+              discontinuity_ksize=11, edge_threshold=0.04, reveal_width=None):
+    """Near-to-far layering; each layer inpaints only what a moving camera can reveal behind it.
 
     image [H, W, 3] float32 in [0, 1]; depth [H, W] z-depth > 0; edges [L + 1] from `depth_bins`;
     inpainter: an `Inpainter`. Per bin i (near to far):
-      layer 0: RGB = image, alpha = membership of bin 0, depth refined by
-               refine_near_depth_discontinuity (11 x 11).
-      layer i > 0: context = erode_{10x10}(depth > edge_i) (this bin and everything behind it);
-               holes = not context, inside the context's bounding box grown by `hole_margin` px;
-               colour and depth are inpainted from the context; depth below the original is set to
-               original * 1.01, then clamped to >= 0.9 * edge_i; alpha = opening_3x3(holes | context);
-               for all but the last layer only pixels with depth <= edge_{i+1} are kept and the depth
-               is refined again; finally a depth not behind the nearer layers' (max over layers with
-               alpha > 0 at that pixel) is pushed to prev * 1.05.
-    Deviations, so that the LDI reproduces the input image exactly and loses no pixel:
+      layer 0: RGB = image, alpha = membership of bin 0;
+      layer i > 0: its visible pixels (bin i) keep their colour and depth with alpha 1; its hidden
+        pixels are the holes: pixels of the nearer bins within `band` pixels of an occlusion front, a
+        nearer pixel next to a pixel of bin >= i across a depth edge (`occlusion_fronts`, threshold
+        `edge_threshold`; 3D Photo Inpainting inpaints the same way, only behind depth edges), and
+        themselves separated from bin >= i by a depth edge (`across_depth_edge`: occluders, not the
+        nearer part of a continuous surface). Colour
+        and depth are inpainted from context = erode_{context_erode}(depth > edge_i) (official: this
+        bin and everything behind it); inpainted depth in front of the original is pushed behind it
+        (official: original x 1.01), then clamped to >= 0.9 edge_i; for all but the last layer only
+        hidden pixels with depth <= edge_{i+1} are kept (farther content belongs to a farther layer);
+        a depth not behind the nearer layers' is pushed to theirs x 1.05.
+    band = min(hole_margin, ceil(reveal_width(i, uv, z_front, z_back))) where reveal_width is a callable
+    giving the largest displacement (pixels) between front and back content at the front pixels uv [E, 2]
+    over the rendered cameras and the animation (pipeline.reveal_width), or a number; None -> hole_margin
+    (official: holes within 40 px of the context's bounding box).
+    Consequences (issue 7 item 3): a continuous surface cut into several depth bins gets no hidden
+    content at all (no depth edge), so nothing of a back layer exists where the front surface is; a
+    static camera with a static scene inpaints nothing.
+    Depth near the silhouettes is refined as official (refine_near_depth_discontinuity, 11 x 11 masked
+    median) only within discontinuity_ksize // 2 of a depth edge, never at a continuous cut (the median
+    of a one-sided window would bend a slanted surface there).
+    Deviations from the official, so that the LDI reproduces the input image exactly and loses no pixel:
       - a bin i > 0 whose eroded membership has < `min_layer_pixels` pixels is merged into the nearer
         bin (official: skipped, its pixels lost); the returned LDI.edges reflect the merge;
-      - the pixels of bin i keep their original colour and (refined) depth with alpha 1 and are the
-        layer's `visible` mask (official: mask_layer = eroded context x bin membership, so a 10 px band
-        of each far layer at depth discontinuities is inpainted and visible nowhere).
+      - the pixels of bin i keep their original colour and depth with alpha 1 and are the layer's
+        `visible` mask (official: a 10 px band of each far layer at depth edges is inpainted).
     Where alpha is 0, depth is clamped into [edge_i, edge_{i+1}] (a sane value > 0).
     """
     img = validate_image(image, "image")
@@ -380,6 +491,8 @@ def build_ldi(image, depth, edges, inpainter, *, context_erode=10, hole_margin=4
     e = _validate_edges(edges)
     if not isinstance(inpainter, Inpainter):
         raise ValueError(f"inpainter: expected a callable Inpainter, got {type(inpainter).__name__}")
+    if not edge_threshold > 0:
+        raise ValueError(f"edge_threshold must be > 0, got {edge_threshold}")
     h, w = z.shape
     e = _merge_small_bins(bin_indices(z, e), e, context_erode, min_layer_pixels)
     idx = bin_indices(z, e)
@@ -389,45 +502,70 @@ def build_ldi(image, depth, edges, inpainter, *, context_erode=10, hole_margin=4
     visible = np.zeros((L, h, w), bool)
     prev_far = np.zeros((h, w), np.float32)  # farthest depth of the nearer layers' alpha > 0 pixels
     z64 = z.astype(np.float64)
+    disp = 1.0 / z64
+    drange = float(disp.max() - disp.min())
+    # refine depth only near depth edges (all of them), as the official refinement targets blurry edges
+    right, down = depth_edge_masks(z64, edge_threshold, drange)
+    near_edge = np.zeros((h, w), bool)
+    near_edge[:, :-1] |= right
+    near_edge[:, 1:] |= right
+    near_edge[:-1] |= down
+    near_edge[1:] |= down
+    near_edge = cv2.dilate(near_edge.astype(np.uint8), np.ones((discontinuity_ksize,) * 2, np.uint8)).astype(bool)
+
+    def refined(d, alpha):
+        return np.where(near_edge, refine_near_depth_discontinuity(d, alpha, discontinuity_ksize), d)
 
     for i in range(L):
         member = idx == i
         lo, hi = e[i], e[i + 1]
-        if i == 0:
-            d = refine_near_depth_discontinuity(z, member, discontinuity_ksize)
-            rgb = img
-            alpha = member.astype(np.float32)
-        else:
-            context = _erode(z64 > lo, context_erode)
-            if not context.any():  # cannot happen after _merge_small_bins; keep the layer visible-only
-                context = member.copy()
-            r0, r1, c0, c1 = _bbox(context, hole_margin, (h, w))
+        d = refined(z, member).astype(np.float64)
+        rgb = img
+        alpha = member.astype(np.float32)
+        if i > 0:
+            front, zback = occlusion_fronts(z64, idx < i, idx >= i, edge_threshold, drange)
+            band = 0
+            if front.any():
+                if reveal_width is None:
+                    band = hole_margin
+                elif callable(reveal_width):
+                    fi, fj = np.nonzero(front)
+                    uv = np.stack([fj, fi], -1).astype(np.float64)
+                    band = float(reveal_width(i, uv, z64[fi, fj], zback[fi, fj]))
+                else:
+                    band = float(reveal_width)
+                band = int(min(hole_margin, math.ceil(max(band, 0.0))))
             holes = np.zeros((h, w), bool)
-            holes[r0:r1, c0:c1] = True
-            holes &= ~context
-            rgb, d = inpainter(img, z, context, holes)
-            rgb = np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)
-            d = np.asarray(d, np.float64)
-            # Official: inpainted depth in front of the original surface is pushed just behind it.
-            d = np.where(holes & (d < z64), z64 * 1.01, d)
-            d = np.maximum(d, 0.9 * lo)
-            keep = _open3(holes | context) | member
-            if i < L - 1:
-                keep &= (d <= hi) | member
-                d = refine_near_depth_discontinuity(d.astype(np.float32), keep, discontinuity_ksize)
-            d = np.asarray(d, np.float64)
-            d = np.where(member, refine_near_depth_discontinuity(z, member, discontinuity_ksize), d)
-            hidden = keep & ~member
-            d = np.where(hidden & (prev_far > 0) & (d <= prev_far), prev_far * 1.05, d)
-            rgb = np.where(member[..., None], img, rgb)
-            alpha = keep.astype(np.float32)
+            if band > 0:
+                k = 2 * band + 1
+                reach = cv2.dilate(front.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+                # only occluders: nearer pixels separated from this bin by a depth edge (never a nearer
+                # part of a continuous surface that merely falls into another bin)
+                occluders = across_depth_edge(idx >= i, (right, down), min_layer_pixels) & (idx < i)
+                holes = reach.astype(bool) & occluders
+            if holes.any():
+                context = _erode(z64 > lo, context_erode)
+                if not context.any():  # cannot happen after _merge_small_bins; fall back to the bin itself
+                    context = member.copy()
+                hole_rgb, hole_d = inpainter(img, z, context, holes)
+                hole_rgb = np.clip(np.asarray(hole_rgb, np.float32), 0.0, 1.0)
+                hole_d = np.asarray(hole_d, np.float64)
+                # Official: inpainted depth in front of the original surface is pushed just behind it.
+                hole_d = np.where(hole_d < z64, z64 * 1.01, hole_d)
+                hole_d = np.maximum(hole_d, 0.9 * lo)
+                keep = holes.copy()
+                if i < L - 1:
+                    keep &= hole_d <= hi
+                hole_d = np.where(keep & (prev_far > 0) & (hole_d <= prev_far), prev_far * 1.05, hole_d)
+                d = np.where(keep, hole_d, d)
+                rgb = np.where(keep[..., None], hole_rgb, img)
+                alpha = (member | keep).astype(np.float32)
         d = np.where(alpha > 0, d, np.clip(d, max(lo, 1e-6), hi))
-        d = np.asarray(d, np.float32)
         rgba[i, ..., :3] = rgb
         rgba[i, ..., 3] = alpha
-        depth_out[i] = d
+        depth_out[i] = np.asarray(d, np.float32)
         visible[i] = member
-        prev_far = np.where(alpha > 0, np.maximum(prev_far, d), prev_far)
+        prev_far = np.where(alpha > 0, np.maximum(prev_far, depth_out[i]), prev_far)
 
     return LDI(rgba=rgba, depth=validate_depth(depth_out, "LDI depth"), visible=visible, edges=e)
 

@@ -9,9 +9,10 @@ where we deliberately differ from it, the docstring says so.
 Pixel coordinates follow the house convention: pixel (row i, column j) has its centre at (u, v) = (j, i);
 a hint's (x, y) is (u, v).
 
-The per-frame hot path (`euler_integrate`, `symmetric_displacements`) is one `jax.lax.scan` under jit
-with static step counts. Preprocessing (`hints_to_flow`, `smooth_flow`, `masked_diffuse`) is jnp too, so
-it runs on the accelerator, but it is called once per image.
+The per-frame hot path (`euler_integrate`, `symmetric_displacements`: the displacement of every point of
+the scene, each following its layer's flow) is one `jax.lax.scan` under jit with static step counts.
+Preprocessing (`hints_to_flow`, `smooth_flow`, `masked_diffuse`) is jnp too, so it runs on the
+accelerator, but it is called once per image.
 """
 
 from functools import partial
@@ -237,77 +238,89 @@ def inside_image(pos, h, w):
 
 
 @partial(jax.jit, static_argnames=("num_steps", "border"))
-def euler_integrate(flow, num_steps, border="zeros"):
-    """Euler-integrate an Eulerian flow (paper Eq. 3) for num_steps frames in one lax.scan.
+def _euler_scan(stacked, uv, cols, num_steps, border):
+    h, w = stacked.shape[:2]
 
-    F_{0->t}(x0) = F_{0->t-1}(x0) + M(x0 + F_{0->t-1}(x0)), with M sampled BILINEARLY
+    def step(carry, _):
+        disp, ok = carry
+        m = jnp.take_along_axis(sample_bilinear(stacked, uv + disp, border=border), cols, axis=-1)
+        # the step that leaves the image is applied, then the point is invalid and frozen
+        disp = jnp.where(ok[:, None], disp + m, disp)
+        ok = ok & inside_image(uv + disp, h, w)
+        return (disp, ok), (disp, ok)
+
+    init = (jnp.zeros_like(uv), jnp.ones(uv.shape[:1], bool))
+    _, (disp, ok) = jax.lax.scan(step, init, None, length=num_steps)
+    return {"displacement": jnp.concatenate([init[0][None], disp], axis=0),
+            "valid": jnp.concatenate([init[1][None], ok], axis=0)}
+
+
+def euler_integrate(fields, uv, num_steps, layer=None, border="zeros"):
+    """Euler-integrate an Eulerian flow (paper Eq. 3) for points starting at uv, all steps in one lax.scan.
+
+    F_{0->t}(x0) = F_{0->t-1}(x0) + M(x0 + F_{0->t-1}(x0)), F_{0->0} = 0, with M sampled BILINEARLY
     (kernels.sampling.sample_bilinear, `border` = "zeros" | "clamp").
+
+    fields: [H, W, 2] one flow, or [L, H, W, 2] one flow per layer with `layer` [P] int selecting each
+      point's field (px/frame). uv: [P, 2] start positions (u, v) (pixel centres for an image).
+    num_steps: static int >= 0.
+    Returns dict(displacement [num_steps+1, P, 2] float32 (index 0 is zero), valid [num_steps+1, P] bool).
+    valid[t] is False once the position x0 + F_{0->t} has left the image footprint (u outside
+    [-0.5, W-0.5) or v outside [-0.5, H-0.5), the official's rounded bounds) and stays False; the step
+    that leaves is still applied, then the point stops (its displacement is frozen).
 
     Differences from the official `euler_integration.py` (deliberate):
       - bilinear instead of nearest (rounded-position) sampling of M: smooth in x0, no pixel snapping;
       - the paper's recursion: the official returns a "DEBUG" accumulator sum_{k=1..t} M(round(x_k)),
         sampled after each position update, i.e. shifted one step from Eq. 3;
       - all frames in one O(N) scan; the official recomputes every frame from scratch (O(N^2)).
-
-    flow [H, W, 2] px/frame; num_steps static int >= 0.
-    Returns dict(displacement [num_steps+1, H, W, 2] float32 (index 0 is zero),
-                 valid [num_steps+1, H, W] bool).
-    valid[t] is False once the tracked position x0 + F_{0->t} has left the image footprint
-    (u outside [-0.5, W-0.5) or v outside [-0.5, H-0.5), the official's rounded bounds) and stays False.
-    The step that leaves the image is still applied; afterwards the pixel stops moving (its
-    displacement is frozen), so a caller that only checks bounds also drops it.
     """
     if border not in BORDER_MODES:
         raise ValueError(f"border must be one of {BORDER_MODES}, got {border!r}")
     if int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
-    flow = jnp.asarray(flow, jnp.float32)
-    _check_flow(flow)
-    h, w = flow.shape[:2]
-    grid = pixel_grid(h, w)
-
-    def step(carry, _):
-        disp, valid = carry
-        moved = disp + sample_bilinear(flow, grid + disp, border=border)
-        disp = jnp.where(valid[..., None], moved, disp)
-        valid = valid & inside_image(grid + disp, h, w)
-        return (disp, valid), (disp, valid)
-
-    init = (jnp.zeros((h, w, 2), jnp.float32), jnp.ones((h, w), bool))
-    _, (disps, valids) = jax.lax.scan(step, init, None, length=int(num_steps))
-    return {
-        "displacement": jnp.concatenate([init[0][None], disps], axis=0),
-        "valid": jnp.concatenate([init[1][None], valids], axis=0),
-    }
+    fields = jnp.asarray(fields, jnp.float32)
+    if fields.ndim == 3:
+        _check_flow(fields)
+        fields = fields[None]
+    if fields.ndim != 4 or fields.shape[-1] != 2:
+        raise ValueError(f"fields must have shape [H, W, 2] or [L, H, W, 2], got {tuple(fields.shape)}")
+    num_layers, h, w, _ = fields.shape
+    uv = jnp.asarray(uv, jnp.float32)
+    if uv.ndim != 2 or uv.shape[-1] != 2:
+        raise ValueError(f"uv must have shape [P, 2], got {tuple(uv.shape)}")
+    layer = jnp.zeros(uv.shape[:1], jnp.int32) if layer is None else jnp.asarray(layer, jnp.int32)
+    if layer.shape != uv.shape[:1]:
+        raise ValueError(f"layer must have shape [P] = [{uv.shape[0]}], got {tuple(layer.shape)}")
+    stacked = jnp.moveaxis(fields, 0, 2).reshape(h, w, num_layers * 2)
+    cols = jnp.stack([2 * layer, 2 * layer + 1], axis=-1)
+    return _euler_scan(stacked, uv, cols, int(num_steps), border)
 
 
-@partial(jax.jit, static_argnames=("num_frames", "border"))
-def symmetric_displacements(flow, num_frames, border="zeros"):
-    """Forward and backward displacements for a seamlessly looping cinemagraph of num_frames frames.
+def symmetric_displacements(fields, uv, num_frames, layer=None, border="zeros"):
+    """Forward and backward displacements of a seamlessly looping cinemagraph of num_frames frames.
 
     Frame t (0 <= t < N) uses forward F(0->t) (Euler integration of M for t steps) and backward
     F(0->t-N) (integration of -M for N - t steps), blended with weight (1 - t/N) on the forward side
-    (ARCHITECTURE.md time convention, official demo.py). Frame N would equal frame 0.
-    Both integrations run in one batched scan of N steps (O(N), vs the official O(N^2)):
-    forward[t] = euler(M)[t], backward[t] = euler(-M)[N - t].
-
-    flow [H, W, 2] px/frame; num_frames static int >= 1.
-    Returns dict(forward [N, H, W, 2], backward [N, H, W, 2], forward_valid [N, H, W] bool,
-                 backward_valid [N, H, W] bool, time [N] float32 = t / N).
+    (ARCHITECTURE.md time convention, official demo.py); frame N would equal frame 0. Each direction is
+    one scan of N steps (O(N), vs the official O(N^2)): forward[t] = euler(M)[t],
+    backward[t] = euler(-M)[N - t]. fields, uv, layer, border as `euler_integrate`.
+    Returns dict(forward [N, P, 2], backward [N, P, 2], forward_valid [N, P] bool,
+                 backward_valid [N, P] bool, time [N] float32 = t / N).
     """
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
     n = int(num_frames)
-    flow = jnp.asarray(flow, jnp.float32)
-    _check_flow(flow)
-    both = jax.vmap(lambda f: euler_integrate(f, n, border))(jnp.stack([flow, -flow]))
-    disp, valid = both["displacement"], both["valid"]  # [2, N+1, ...]
+    fields = jnp.asarray(fields, jnp.float32)
+    fwd = euler_integrate(fields, uv, n, layer, border)
+    bwd = euler_integrate(-fields, uv, n, layer, border)
+    t = jnp.arange(n)
     return {
-        "forward": disp[0, :n],
-        "backward": disp[1, 1:][::-1],  # index t -> euler(-M)[N - t]
-        "forward_valid": valid[0, :n],
-        "backward_valid": valid[1, 1:][::-1],
-        "time": jnp.arange(n, dtype=jnp.float32) / jnp.float32(n),
+        "forward": fwd["displacement"][t],
+        "backward": bwd["displacement"][n - t],
+        "forward_valid": fwd["valid"][t],
+        "backward_valid": bwd["valid"][n - t],
+        "time": t.astype(jnp.float32) / jnp.float32(n),
     }
 
 

@@ -168,27 +168,22 @@ def _load_motion(mask, hints, flow, size, original, cfg):
     return np.zeros(tuple(size) + (2,), np.float32), None, []
 
 
-def _depth(depth, image, size, original, cfg):
+def _depth(depth, image, size, original, cfg, seed):
+    """z-depth [H, W] at the working size and whether it was estimated.
+
+    Units (ARCHITECTURE.md): depth the user gives keeps its units (explicit poses are in those units);
+    estimated depth is relative, so it is normalised as the official code does: nearest pixel =
+    cfg.depth.near (1)."""
     if depth is None:
-        est = depth_lib.get_estimator(
-            cfg.depth.estimator,
-            near=cfg.depth.near,
-            far=cfg.depth.far,
-            sky_depth=cfg.depth.sky_depth,
-            horizon=cfg.depth.horizon,
-            guided_radius=cfg.depth.guided_radius,
-            guided_eps=cfg.depth.guided_eps,
-            median_ksize=cfg.depth.median_ksize,
-        )
-        d = np.asarray(est(image), np.float32)
-    elif _is_path(depth):
+        est = depth_lib.get_estimator(cfg.depth.estimator, config=cfg.depth, seed=seed)
+        d = depth_lib.validate_depth(np.asarray(est(image), np.float32), f"{cfg.depth.estimator} depth estimate")
+        return (d / float(d.min()) * cfg.depth.near).astype(np.float32), True
+    if _is_path(depth):
         d = io.load_depth(depth, size, image_size=original)
     else:
         d = _resize_array(depth, size, original, "depth")
-        depth_lib.validate_depth(d, "depth array")
-    depth_lib.validate_depth(d, "depth")
-    # the trajectories' magnitudes assume the nearest depth is 1 (official units)
-    return (d / float(d.min()) * cfg.depth.near).astype(np.float32)
+        d = depth_lib.validate_depth(d, "depth array")
+    return depth_lib.validate_depth(d, "depth").astype(np.float32), False
 
 
 def reference_intrinsics(height, width):
@@ -196,29 +191,89 @@ def reference_intrinsics(height, width):
     return np.asarray(camera.intrinsics_from_focal(float(max(height, width)), height, width))
 
 
-def _cameras(trajectory, poses, num_frames, size, cfg):
+def _cameras(trajectory, poses, intrinsics, num_frames, size, original, scene_depth, cfg):
+    """(poses [N, 4, 4], Ks [N, 3, 3] of the rendered views, K_src [3, 3] of the photo).
+
+    A named trajectory moves in units of the nearest depth (scene_depth; the official magnitudes assume
+    it is 1) and uses the reference intrinsics (official fx = fy = max(H, W)) for the photo and the
+    views. Explicit poses (a cameras JSON or an [N, 4, 4] array) are in the units of the depth; the photo
+    is unprojected with the cameras file's K_source (default its K), or with `intrinsics` given with
+    array poses (default the reference intrinsics)."""
     h, w = size
     K0 = reference_intrinsics(h, w)
     if poses is not None:
         if _is_path(poses):
-            cams = trajectories.cameras_from_json(poses, num_frames=num_frames, size=size)
-            K, P = np.asarray(cams["K"], np.float32), np.asarray(cams["poses"], np.float32)
-        else:
-            K, P = K0, np.asarray(poses, np.float32)
-            if P.ndim != 3 or P.shape[1:] != (4, 4):
-                raise ValueError(f"poses must be [N, 4, 4] world-to-camera matrices, got {P.shape}")
-            if num_frames is not None and num_frames != len(P):
-                raise ValueError(f"num_frames {num_frames} disagrees with the {len(P)} poses given")
-        return P, np.broadcast_to(K, (len(P), 3, 3)).copy(), K0
+            cams = trajectories.cameras_from_json(poses, num_frames=num_frames, size=size, image_size=original)
+            return (np.asarray(cams["poses"], np.float32), np.asarray(cams["K"], np.float32),
+                    np.asarray(cams["K_source"], np.float32))
+        P = np.asarray(poses, np.float32)
+        if P.ndim != 3 or P.shape[1:] != (4, 4) or not np.all(np.isfinite(P)):
+            raise ValueError(f"poses must be finite [N, 4, 4] world-to-camera matrices, got shape {P.shape}")
+        if num_frames is not None and num_frames != len(P):
+            raise ValueError(f"num_frames {num_frames} disagrees with the {len(P)} poses given")
+        K = K0 if intrinsics is None else _intrinsics_array(intrinsics, size, original)
+        return P, np.broadcast_to(K, (len(P), 3, 3)).astype(np.float32), np.asarray(K, np.float32)
+    if intrinsics is not None:
+        raise ValueError("intrinsics are only used with explicit poses (a named trajectory uses the reference "
+                         "camera); give poses=[N, 4, 4] too, or a cameras JSON")
     traj = trajectories.make_trajectory(
-        trajectory, num_frames=num_frames, scale=cfg.trajectory.scale, scene_depth=cfg.depth.near
+        trajectory, num_frames=num_frames, scale=cfg.trajectory.scale, scene_depth=scene_depth
     )
     P = np.asarray(traj["poses"], np.float32)
     Ks = np.broadcast_to(K0, (len(P), 3, 3)).copy()
     fs = np.asarray(traj["focal_scale"], np.float32)
     Ks[:, 0, 0] *= fs
     Ks[:, 1, 1] *= fs
-    return P, Ks, K0
+    return P, Ks.astype(np.float32), np.asarray(K0, np.float32)
+
+
+def reveal_width(poses, Ks, K_src, flow, num_frames, pad=2.0, max_points=4096):
+    """How far content behind an occluding contour can come into view, for layering.build_ldi.
+
+    Returns f(layer, uv [E, 2], z_front [E], z_back [E]) -> pixels: the largest image distance over the
+    frames between the front and the back surface points seen through the same source pixel (camera
+    parallax), plus the farthest the animation moves content near the contour in the loop (num_frames x
+    the largest flow magnitude within 2 px of the contour, front or back), plus `pad` pixels (splat
+    footprint and rounding). Contours are subsampled to at most `max_points` pixels."""
+    poses = np.asarray(poses, np.float64)
+    Ks = np.asarray(Ks, np.float64)
+    K_src = np.asarray(K_src, np.float64)
+    speed = np.linalg.norm(np.asarray(flow, np.float64), axis=-1)
+    import cv2
+
+    speed = cv2.dilate(speed, np.ones((5, 5), np.uint8))
+
+    def width(layer, uv, z_front, z_back):
+        del layer
+        if len(uv) > max_points:
+            pick = np.linspace(0, len(uv) - 1, max_points).astype(np.int64)
+            uv, z_front, z_back = uv[pick], z_front[pick], z_back[pick]
+        ray = np.stack([(uv[:, 0] - K_src[0, 2]) / K_src[0, 0], (uv[:, 1] - K_src[1, 2]) / K_src[1, 1],
+                        np.ones(len(uv))], -1)
+        far = 0.0
+        for pose, K in zip(poses, Ks):
+            pix = []
+            for z in (z_front, z_back):
+                X = (ray * z[:, None]) @ pose[:3, :3].T + pose[:3, 3]
+                Z = np.maximum(X[:, 2], 1e-6)
+                pix.append(np.stack([K[0, 0] * X[:, 0] / Z + K[0, 2], K[1, 1] * X[:, 1] / Z + K[1, 2]], -1))
+            far = max(far, float(np.max(np.linalg.norm(pix[0] - pix[1], axis=-1))))
+        iu = np.clip(np.round(uv[:, 0]).astype(np.int64), 0, speed.shape[1] - 1)
+        iv = np.clip(np.round(uv[:, 1]).astype(np.int64), 0, speed.shape[0] - 1)
+        moved = num_frames * float(speed[iv, iu].max())
+        return far + moved + pad
+
+    return width
+
+
+def _intrinsics_array(K, size, original):
+    """A user K [3, 3] for the photo's own pixels (original size), rescaled to the working size."""
+    K = np.asarray(K, np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"intrinsics must be a finite 3x3 K with positive focal lengths, got {K.tolist()}")
+    if tuple(original) == tuple(size):
+        return K.astype(np.float32)
+    return io._rescale_K(K, (original[1], original[0]), size).astype(np.float32)
 
 
 def animate(
@@ -230,9 +285,10 @@ def animate(
     hints=None,
     trajectory="circle",
     poses=None,
+    intrinsics=None,
     num_frames=None,
     config=None,
-    seed=0,
+    seed=None,
     mesh=None,
     progress=True,
 ):
@@ -242,14 +298,24 @@ def animate(
     z-depth array, or None for the configured estimator. flow: path (.npy / .flo) or [H, W, 2] Eulerian
     flow in px/frame. mask: path (PNG) or [H, W] array of moving pixels. hints: path (labelme or our
     JSON; may also carry the mask) or a list of hints. trajectory: a name from
-    trajectories.TRAJECTORIES, or poses: path to a cameras JSON or [N, 4, 4] world-to-camera poses.
+    trajectories.TRAJECTORIES, or poses: path to a cameras JSON (io.load_cameras) or [N, 4, 4]
+    world-to-camera poses, with `intrinsics` [3, 3] (the photo's pixels; default the reference K).
     num_frames: frames of the loop (default: the trajectory's). config: configs.cinemagraph config.
+
+    Units: depth the user gives keeps its units and explicit poses are in those units; estimated depth
+    is normalised (nearest pixel = 1) and named trajectories move in units of the nearest depth, so
+    their parallax does not depend on the depth's unit.
 
     Frame t shows the scene at time t/N from camera t; with the identity pose and zero time frame 0
     reproduces the input image. The result is deterministic for the same inputs, config and seed.
+    seed: handed to every registered component (default config seed); the weight-free defaults are
+    deterministic and do not use it.
+    Components come from registries named by the config: depth.estimator (depth.ESTIMATORS),
+    layering.inpainter (layering.INPAINTERS), scene.features (scene.FEATURES), render.decoder
+    (render.DECODERS); each factory gets its config section and the seed.
     """
     cfg = cinemagraph_config.get_config() if config is None else config
-    del seed  # every stage is deterministic; the seed is kept for learned components (API stability)
+    seed = int(cfg.seed if seed is None else seed)
     timings = {}
     t0 = _time.perf_counter()
     stages = tqdm(total=6, desc="cinemagraph", disable=not progress, unit="stage")
@@ -268,14 +334,18 @@ def animate(
     flow_field, m, hint_list = _load_motion(mask, hints, flow, size, original, cfg)
     mark("inputs")
 
-    d = _depth(depth, img, size, original, cfg)
+    d, _ = _depth(depth, img, size, original, cfg, seed)
+    scene_depth = float(d.min())  # the unit of named trajectories and of the blend's depth term
     mark("depth")
+
+    P, Ks, K0 = _cameras(trajectory, poses, intrinsics, num_frames, size, original, scene_depth, cfg)
+    n = len(P)
 
     lc = cfg.layering
     edges = layering.depth_bins(
-        d, distance_threshold=lc.distance_threshold, subsample=lc.subsample, max_layers=lc.max_layers
+        d, distance_threshold=lc.distance_threshold, subsample=lc.subsample, max_layers=lc.max_layers or None
     )
-    inpainter = layering.get_inpainter(lc.inpainter, radius=lc.inpaint_radius)
+    inpainter = layering.get_inpainter(lc.inpainter, config=lc, seed=seed)
     ldi = layering.build_ldi(
         img,
         d,
@@ -285,17 +355,20 @@ def animate(
         hole_margin=lc.hole_margin,
         min_layer_pixels=lc.min_layer_pixels,
         discontinuity_ksize=lc.discontinuity_ksize,
+        edge_threshold=lc.edge_threshold,
+        reveal_width=reveal_width(P, Ks, K0, flow_field, n, pad=lc.reveal_pad),
     )
     mark("layering")
 
-    P, Ks, K0 = _cameras(trajectory, poses, num_frames, size, cfg)
-    n = len(P)
     sc = cfg.scene
+    features = scene.get_features(sc.features, config=sc, seed=seed)(ldi)
     cloud = scene.build_point_cloud(
         ldi,
+        features=features,
         alpha_threshold=sc.alpha_threshold,
         capacity=int(math.ceil(sc.capacity_factor * h * w)),
         order_eps=sc.order_eps,
+        edge_threshold=lc.edge_threshold,
     )
     fields = scene.layer_flows(
         flow_field,
@@ -303,11 +376,14 @@ def animate(
         visible_erode=sc.visible_erode,
         diffuse_iters=sc.diffuse_iters,
         diffuse_ksize=sc.diffuse_ksize,
+        edge_threshold=lc.edge_threshold,
     )
     disp = scene.symmetric_point_displacements(fields, cloud, n)
     mark("scene")
 
-    frames, counts = render_frames(cloud, disp, P, Ks, K0, size, cfg, mesh=mesh, progress=progress)
+    decoder = render.get_decoder(cfg.render.decoder, config=cfg.render, seed=seed)
+    frames, counts = render_frames(cloud, disp, P, Ks, K0, size, cfg, mesh=mesh, progress=progress,
+                                   depth_unit=scene_depth, decoder=decoder)
     mark("render")
 
     # displacement of the input pixels (the point of each pixel's visible layer), for inspection
@@ -351,8 +427,13 @@ def animate(
     )
 
 
-def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progress=True, outputs=("rgb",)):
+def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progress=True, outputs=("rgb",),
+                  depth_unit=1.0, decoder=None):
     """Render all frames in jitted chunks split over the devices of `mesh` (default: all devices).
+
+    K_ref: intrinsics of the photo (unprojection); Ks [N, 3, 3] of the views; depth_unit: the scene's
+    nearest depth (the blend's depth term and the near plane are relative to it). decoder: default the
+    config's render.decoder from render.DECODERS.
 
     Returns (frames [N, H, W, 3] float32 NumPy, dict of summed drop counts). Extra outputs named in
     `outputs` (e.g. "alpha", "depth") are returned in the counts dict under their names.
@@ -367,9 +448,13 @@ def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progre
         "uv": jnp.asarray(cloud.uv),
         "z": jnp.asarray(cloud.z),
         "features": jnp.asarray(cloud.features),
+        "slope": jnp.asarray(cloud.slope),
         "K_ref": jnp.asarray(K_ref, jnp.float32),
+        "depth_unit": jnp.asarray(depth_unit, jnp.float32),
     }
-    fn = render.make_chunk_renderer(scene_arrays, tuple(size), opts, render.IdentityDecoder(), mesh, outputs)
+    if decoder is None:
+        decoder = render.get_decoder(cfg.render.decoder, config=cfg.render, seed=int(cfg.seed))
+    fn = render.make_chunk_renderer(scene_arrays, tuple(size), opts, decoder, mesh, outputs)
     time = np.asarray(disp["time"])
     frames = {k: [] for k in outputs}
     counts = {"num_behind": 0, "num_offscreen": 0}

@@ -5,11 +5,14 @@ For frame t of N seen from camera (pose_t, K_t):
 1. the forward cloud is displaced by F(0->t) and the backward cloud by F(0->t-N) (scene.py); both are
    moved into the target camera and splatted with kernels.splat.splat_points, giving features F_f, F_b,
    depth D_f, D_b and coverage alpha a_f, a_b. Radii adapt to depth as the official renderer
-   (`adaptive_pts_radius`): r = r0 * z_reference / z_target;
+   (`adaptive_pts_radius`): r = r0 * z_reference / z_target. The soft z-test is surface aware (each point
+   carries its surface's depth slope, scene.PointCloud.slope) and the feature kernel is bilinear with
+   the width of the surface's point spacing in the view (config render.splat_kernel, slope_slack);
 2. Eq. 4: W = (1 - t/N) a_f e^{-b D_f} / ((1 - t/N) a_f e^{-b D_f} + (t/N) a_b e^{-b D_b}), where a is the
    splat coverage times the splatted layer alpha and D is z-depth in units of the scene's nearest depth
-   (1 by construction, see depth.py). Where both sides are empty W = 1 - t/N, so frame N equals frame 0
-   exactly (seamless loop). Eq. 5-6: F_t = W F_f + (1 - W) F_b, D_t = W D_f + (1 - W) D_b;
+   (`depth_unit`: 1 for estimated depth, the nearest depth in metres for metric depth). Where both sides
+   are empty W = 1 - t/N, so frame N equals frame 0 exactly (seamless loop).
+   Eq. 5-6: F_t = W F_f + (1 - W) F_b, D_t = W D_f + (1 - W) D_b;
 3. a decoder maps (F_t, D_t) to RGB: `IdentityDecoder` reads the RGB channels of RGBA features and fills
    pixels no point reached by push-pull interpolation; the learned decoder of the paper plugs in through
    the same call signature.
@@ -24,9 +27,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cine_jax import scene as scene_lib
+from cine_jax.registry import Registry
 from kernels import camera, splat
 from kernels.mathx import safe_div
 
@@ -46,29 +52,68 @@ def blend_weights(alpha_f, depth_f, alpha_b, depth_b, time, beta=1.0):
     return jnp.where(total > 1e-12, safe_div(wf, total, 1e-12), 1.0 - time)
 
 
-def push_pull_fill(image, valid, levels=8):
-    """Fill pixels where `valid` is False by push-pull interpolation (Gortler et al. 1996).
+def _upsample2_axis(x, axis):
+    """x2 linear upsampling along `axis` with half-pixel centres and replicated borders: output 2i is
+    0.75 x[i] + 0.25 x[i - 1], output 2i + 1 is 0.75 x[i] + 0.25 x[i + 1]."""
+    n = x.shape[axis]
+    prev = jnp.concatenate([lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
+    nxt = jnp.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
+    even = 0.75 * x + 0.25 * prev
+    odd = 0.75 * x + 0.25 * nxt
+    out = jnp.stack([even, odd], axis=axis + 1)
+    return out.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
 
-    image [H, W, C], valid [H, W] bool or weights in [0, 1]. Push: average valid pixels into a pyramid of
-    2x2 means; pull: where a level has no valid pixel, take the upsampled coarser level. Valid pixels are
-    returned unchanged. Static shapes: the image is padded to a multiple of 2^levels.
+
+def _upsample2(x, shape):
+    """Bilinear x2 upsampling [h, w, C] -> [2h, 2w, C] = shape (half-pixel centres, as PyTorch's
+    align_corners=False and jax.image.resize "linear"), separable: a few adds per pixel instead of
+    resize's dense interpolation matrices."""
+    assert tuple(shape) == (2 * x.shape[0], 2 * x.shape[1], x.shape[2]), (x.shape, shape)
+    return _upsample2_axis(_upsample2_axis(x, 0), 1)
+
+
+def _relax(col, img, wgt, iters):
+    """`iters` Jacobi steps of the membrane (Laplace) equation on the unknown part: each pixel becomes
+    w img + (1 - w) mean(4 neighbours), borders replicated."""
+    for _ in range(iters):
+        p = jnp.pad(col, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        avg = 0.25 * (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:])
+        col = wgt[..., None] * img + (1.0 - wgt[..., None]) * avg
+    return col
+
+
+def push_pull_fill(image, valid, levels=8, relax_iters=2):
+    """Fill pixels where `valid` is False by push-pull interpolation (Gortler et al. 1996), smoothly.
+
+    image [H, W, C], valid [H, W] bool or weights in [0, 1]. Push: a pyramid of 2x2 weighted means,
+    weights summed and clipped to 1 (a coarse pixel with any support counts as known). Pull, coarse to
+    fine: c_l = w_l c_l + (1 - w_l) up(c_{l+1}) with `up` BILINEAR upsampling, then `relax_iters`
+    Jacobi steps of the membrane equation on the unknown pixels of that level (a multigrid-style
+    smoothing that makes the fill meet its border continuously). A filled region is a smooth
+    interpolation of its surroundings with no block edges (a nearest-neighbour pull leaves 2^k-pixel
+    squares). Valid pixels (weight 1) are returned unchanged. Static shapes: the image is padded to a
+    multiple of 2^levels.
     """
     h, w, c = image.shape
     s = 2**levels
     hp, wp = -(-h // s) * s, -(-w // s) * s
-    wgt = jnp.pad(jnp.asarray(valid, jnp.float32), ((0, hp - h), (0, wp - w)))
-    img = jnp.pad(image, ((0, hp - h), (0, wp - w), (0, 0))) * wgt[..., None]
+    wgt = jnp.pad(jnp.clip(jnp.asarray(valid, jnp.float32), 0.0, 1.0), ((0, hp - h), (0, wp - w)))
+    img = jnp.pad(image, ((0, hp - h), (0, wp - w), (0, 0)))
     pyramid = []
+    col = img
     for _ in range(levels):
-        pyramid.append((img, wgt))
-        hh, ww = img.shape[0] // 2, img.shape[1] // 2
-        img = img.reshape(hh, 2, ww, 2, c).sum((1, 3))
-        wgt = wgt.reshape(hh, 2, ww, 2).sum((1, 3))
-    # coarsest level: normalised colour where any weight, else 0
-    col = safe_div(img, wgt[..., None])
+        pyramid.append((col, wgt))
+        hh, ww = col.shape[0] // 2, col.shape[1] // 2
+        num = (col * wgt[..., None]).reshape(hh, 2, ww, 2, c).sum((1, 3))
+        den = wgt.reshape(hh, 2, ww, 2).sum((1, 3))
+        col = safe_div(num, jnp.maximum(den, 1e-12)[..., None])
+        wgt = jnp.minimum(den, 1.0)
+    # the coarsest level: where nothing is known at all, the mean of the known pixels
+    mean = safe_div((col * wgt[..., None]).sum((0, 1)), jnp.maximum(wgt.sum(), 1e-12))
+    col = wgt[..., None] * col + (1.0 - wgt[..., None]) * mean
     for img_l, wgt_l in reversed(pyramid):
-        up = jnp.repeat(jnp.repeat(col, 2, axis=0), 2, axis=1)
-        col = jnp.where(wgt_l[..., None] > 0, safe_div(img_l, jnp.maximum(wgt_l, 1e-12)[..., None]), up)
+        up = _upsample2(col, img_l.shape)
+        col = _relax(wgt_l[..., None] * img_l + (1.0 - wgt_l[..., None]) * up, img_l, wgt_l, relax_iters)
     return col[:h, :w]
 
 
@@ -79,26 +124,54 @@ class IdentityDecoder:
     covered [H, W] bool) -> rgb [H, W, 3] in [0, 1].
     """
 
-    def __init__(self, fill_holes=True, levels=8):
+    def __init__(self, fill_holes=True, levels=8, relax_iters=2):
         self.fill_holes = fill_holes
         self.levels = levels
+        self.relax_iters = relax_iters
+
+    @classmethod
+    def from_config(cls, config, seed=0):
+        """From the `render` section of configs/cinemagraph.py (fill_holes, fill_levels, fill_relax)."""
+        del seed
+        return cls(fill_holes=bool(config.fill_holes), levels=int(config.fill_levels),
+                   relax_iters=int(config.fill_relax))
 
     def __call__(self, features, depth, alpha, covered):
         rgb = features[..., :3]
         if self.fill_holes:
-            rgb = push_pull_fill(rgb, covered, self.levels)
+            rgb = push_pull_fill(rgb, covered, self.levels, self.relax_iters)
         return jnp.clip(rgb, 0.0, 1.0)
 
 
-def _splat_side(points_ref, feats, valid, pose, K, image_size, opts):
+DECODERS = Registry("decoder")
+DECODERS.register("identity", IdentityDecoder.from_config)
+# register_decoder(name, factory) / get_decoder(name, config=..., seed=...): a factory takes the `render`
+# section of configs/cinemagraph.py and a seed and returns a callable with the decoder signature above (a
+# learned decoder closes over its parameters; it is called inside the jitted renderer).
+register_decoder = DECODERS.register
+get_decoder = DECODERS.get
+
+
+def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opts):
     pts = camera.transform_points(pose, points_ref)
     r0 = opts["point_radius"]
+    zratio = points_ref[:, 2] / jnp.maximum(pts[:, 2], 1e-6)
     if opts["adaptive_radius"]:
         # official adaptive_pts_radius: scale by z before / z after the camera move
-        radius = r0 * points_ref[:, 2] / jnp.maximum(pts[:, 2], 1e-6)
-        radius = jnp.clip(radius, 0.25, opts["max_radius"])
+        radius = jnp.clip(r0 * zratio, 0.25, opts["max_radius"])
     else:
         radius = jnp.full(pts.shape[:1], r0, jnp.float32)
+    # magnification: target pixels per source pixel around each point (depth ratio x focal ratio), the
+    # spacing of a dense surface's points in this view
+    mag = jnp.maximum(zratio * (K[0, 0] / K_ref[0, 0]), 1e-3)
+    kw = {}
+    if opts["slope_slack"] > 0 and slope is not None:
+        # a neighbour of the same surface within the footprint (<= radius from the pixel, the pixel's
+        # nearest point within the core, max(core_fraction * radius, sqrt(1/2) * spacing)) is at most
+        # radius + core target pixels away, i.e. that many / mag source pixels: its depth differs by at
+        # most slope per source pixel times that
+        core = jnp.maximum(opts["core_fraction"] * radius, jnp.sqrt(0.5) * jnp.maximum(mag, 1.0))
+        kw["depth_slack"] = opts["slope_slack"] * slope * (radius + core) / mag
     return splat.splat_points(
         pts,
         feats,
@@ -111,21 +184,32 @@ def _splat_side(points_ref, feats, valid, pose, K, image_size, opts):
         depth_tau=opts["depth_tau"],
         core_fraction=opts["core_fraction"],
         sigma=opts["sigma"],
+        kernel=opts["kernel"],
+        kernel_width=mag,
+        **kw,
     )
 
 
 def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_size, opts, decoder):
-    """Render one frame. scene: dict(uv [P,2], z [P], features [P,C], K_ref [3,3]); disp_* [P,2] pixel
-    displacements of the forward/backward clouds; valid_* [P]; time = t/N; pose [4,4]; K [3,3].
+    """Render one frame. scene: dict(uv [P,2], z [P], features [P,C], K_ref [3,3] (the photo's K), and
+    optionally depth_unit (the scene's nearest depth, default 1)); disp_* [P,2] pixel displacements of the
+    forward/backward clouds; valid_* [P]; time = t/N; pose [4,4] (translation in the depth's units);
+    K [3,3]. The decoder sees depth in units of depth_unit; the returned depth is in the depth's units.
 
     Returns dict(rgb [H,W,3], features [H,W,C], depth [H,W], alpha [H,W], weight_forward [H,W],
     covered [H,W] bool, num_behind, num_offscreen) with features/depth/alpha blended by Eq. 5-6.
     """
     uv, z, feats, K_ref = scene["uv"], scene["z"], scene["features"], scene["K_ref"]
+    # Work in units of the scene's nearest depth (the official units): projection does not depend on the
+    # scale, and the near plane and the blend's depth term are then the same for metres or normalised depth.
+    unit = scene.get("depth_unit", 1.0)
+    pose = pose.at[:3, 3].set(pose[:3, 3] / unit)
+    slope = scene.get("slope")
+    slope = None if slope is None else slope / unit
     out = []
     for disp, valid in ((disp_f, valid_f), (disp_b, valid_b)):
-        pts = camera.unproject_points(uv + disp, z, K_ref)  # keeps the source z (official)
-        out.append(_splat_side(pts, feats, valid, pose, K, image_size, opts))
+        pts = scene_lib.displaced_points(uv, z / unit, disp, K_ref)  # keeps the source z (official)
+        out.append(_splat_side(pts, feats, slope, valid, pose, K, K_ref, image_size, opts))
     sf, sb = out
     # blend alpha: coverage times the splatted layer alpha (RGBA channel 3) when present
     af, ab = sf["alpha"], sb["alpha"]
@@ -146,6 +230,7 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     alpha = w_eff * af + (1 - w_eff) * ab
     covered = (has_f & (w_eff > 0)) | (has_b & (w_eff < 1))
     rgb = decoder(feat, depth, alpha, covered)
+    depth = depth * unit
     return {
         "rgb": rgb,
         "features": feat,
@@ -170,6 +255,8 @@ def render_options(config):
         depth_tau=float(r.depth_tau),
         core_fraction=float(r.core_fraction),
         sigma=float(r.splat_sigma),
+        kernel=str(r.splat_kernel),
+        slope_slack=float(r.slope_slack),
         blend_beta=float(r.blend_beta),
         use_feature_alpha=bool(r.use_feature_alpha),
     )

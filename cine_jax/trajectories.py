@@ -154,26 +154,28 @@ def make_trajectory(name, num_frames=None, scale=1.0, scene_depth=1.0, ref_depth
     }
 
 
-def cameras_from_json(path, num_frames=None, size=None):
+def cameras_from_json(path, num_frames=None, size=None, image_size=None):
     """A user camera path from JSON via cine_jax.io.load_cameras (format documented there).
 
-    size: optional working size (H, W); K is rescaled to it when the file gives its own "size".
-    num_frames: None -> all poses; otherwise the first num_frames (more than available is an error).
-    Returns dict(poses [N, 4, 4] float32, focal_scale [N] ones, K [3, 3] float32, name "json:<path>",
-      num_frames).
+    size: optional working size (H, W): every K is rescaled to it from the file's "size" (or, without
+    one, from image_size (h, w), the photo's own size). num_frames: None -> all poses; otherwise the
+    first num_frames (more than available is an error). Poses are in the units of the depth.
+    Returns dict(poses [N, 4, 4] float32, focal_scale [N] ones, K [N, 3, 3] float32 of the views,
+      K_source [3, 3] float32 of the photo, name "json:<path>", num_frames).
     """
-    K, poses = io.load_cameras(path, size=size)
-    poses = jnp.asarray(poses, jnp.float32)
+    cams = io.load_cameras(path, size=size, image_size=image_size)
+    poses, K = cams["poses"], cams["K"]
     total = poses.shape[0]
     if num_frames is not None and num_frames != 0:
         if int(num_frames) != num_frames or not 1 <= num_frames <= total:
-            raise ValueError(f"num_frames must be in 1..{total} (poses in {path}), got {num_frames!r}")
-        poses = poses[: int(num_frames)]
+            raise ValueError(f"{path}: num_frames must be in 1..{total} (the poses in the file), got {num_frames!r}")
+        poses, K = poses[: int(num_frames)], K[: int(num_frames)]
     n = poses.shape[0]
     return {
-        "poses": poses,
+        "poses": jnp.asarray(poses, jnp.float32),
         "focal_scale": jnp.ones((n,), jnp.float32),
         "K": jnp.asarray(K, jnp.float32),
+        "K_source": jnp.asarray(cams["K_source"], jnp.float32),
         "name": f"json:{path}",
         "num_frames": n,
     }

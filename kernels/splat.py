@@ -18,15 +18,29 @@ Algorithm of `splat_points` (H x W target image, N points, C channels):
    d^2 = (j - u)^2 + (i - v)^2, coverage w_cov = max(0, 1 - d^2 / r^2) (PyTorch3D's point kernel, the
    one the official renderer composites with). A tap is active iff the point is kept, the pixel is
    inside the image and d < r.
-3. Soft z-test: zmin_core[p] = min z over active taps of pixel p with d <= core_fraction * r,
+3. Soft z-test: zmin_core[p] = min z over active taps of pixel p with d <= max(core_fraction * r,
+   sqrt(1/2) a) (a = the point's `kernel_width`, its surface's point spacing in pixels: a pixel inside a
+   magnified surface has one of its points within sqrt(1/2) a),
    zmin_all[p] = min z over all active taps of p, zmin = zmin_core where defined, else zmin_all (one
    scatter-min of both). Using the core keeps a foreground edge from dilating by the full radius over a
-   background that already covers the pixel. Each active tap gets
-   s = min(1, exp(-(z - zmin[p]) / (depth_tau * zmin[p]))): the nearest surface has s = 1, a surface
-   twice as far away gets exp(-1 / depth_tau) = exp(-50).
-4. Feature weight omega = s * exp(-d^2 / (2 sigma^2)) on active taps: a sharp kernel so a dense surface
-   reproduces itself; the radius only sets the support, so holes up to `radius` pixels are still filled
-   once the sums are normalised. One float32 scatter-add of the rows
+   background that already covers the pixel. Each active tap of a point with depth slack e (>= 0, per
+   point, default 0) gets
+   s = min(1, exp(-(z - zmin[p] - e) / (depth_tau * zmin[p]))): the nearest surface has s = 1, a surface
+   twice as far away gets exp(-1 / depth_tau) = exp(-50). The slack makes the test surface-aware: on a
+   slanted surface the nearest point of a pixel may be a neighbour of the same surface, nearer by up to
+   the surface's depth change across the footprint; a caller that knows each point's depth slope passes
+   that change as `depth_slack` (cine_jax.render: slope x (1 + core_fraction) x radius), so a surface
+   never occludes itself, while a surface behind by more than the slack is still suppressed.
+4. Feature weight omega = s * k(d) on active taps, with the feature kernel k:
+   "gaussian": k = exp(-d^2 / (2 sigma^2)), a sharp kernel so a dense surface reproduces itself;
+   "bilinear": k = max(0, 1 - |dx| / a) max(0, 1 - |dy| / a) + 1e-6 exp(-d^2 / (2 sigma^2)), dx, dy the
+   tap's offsets from the point and a = `kernel_width` (per point, >= 1: the spacing of the surface's
+   points in this view). On a dense regular grid of points moved by a sub-pixel shift this is exactly
+   bilinear interpolation (the weights of the four nearest points sum to 1), and with no shift it
+   reproduces the points; the tiny Gaussian term only decides pixels that no tent reaches (the corners
+   of the footprint), which take the nearest point's features.
+   The radius only sets the support, so holes up to `radius` pixels are still filled once the sums are
+   normalised. One float32 scatter-add of the rows
    [omega * f (C), omega * z, omega, log(1 - min(w_cov * s, 1 - 1e-6))] onto the flat pixel index gives
    features = sum(omega f) / sum(omega), depth = sum(omega z) / sum(omega) (0 where the sum is empty) and
    alpha = 1 - exp(sum log(1 - w_cov s)), the front-to-back "over" of the front surface's coverage
@@ -38,10 +52,11 @@ threshold keeps 1/sum(omega)^2 in the backward pass finite). With sigma = 0.25 t
 float32 beyond d ~ 3.7 px, so with radii above that, pixels reached only by far taps stay empty; raise
 sigma together with such radii.
 
-Slopes: the z-test compares a pixel's own point with nearer neighbours inside the core, so on a surface
-whose depth changes by a relative g per pixel the own point gets s = exp(-g / depth_tau) and coverage
-drops even in the point cloud's own view: min alpha ~0.999 at g = 0.1%, 0.986 at 0.5%, 0.955 at 1%,
-0.87 at 2%, 0.80 at 3% (radius 1.5, defaults). Features are unaffected (the own point still dominates).
+Slopes: without a slack the z-test compares a pixel's own point with nearer neighbours inside the core,
+so on a surface whose depth changes by a relative g per pixel the own point gets s = exp(-g / depth_tau)
+and coverage drops even in the point cloud's own view: min alpha ~0.999 at g = 0.1%, 0.986 at 0.5%,
+0.955 at 1%, 0.87 at 2%, 0.80 at 3% (radius 1.5, defaults), and in other views neighbouring points of
+the surface suppress each other (features are averaged over fewer points). `depth_slack` removes this.
 """
 
 import functools
@@ -116,7 +131,12 @@ def _check_image_size(image_size, where):
     return h, w
 
 
-def _check_params(near, depth_tau, core_fraction, sigma, where):
+KERNELS = ("gaussian", "bilinear")
+
+
+def _check_params(near, depth_tau, core_fraction, sigma, where, kernel="gaussian"):
+    if kernel not in KERNELS:
+        raise ValueError(f"{where}: `kernel` must be one of {KERNELS}, got {kernel!r}")
     if not depth_tau > 0:
         raise ValueError(f"{where}: `depth_tau` must be > 0, got {depth_tau}")
     if not sigma > 0:
@@ -140,6 +160,9 @@ def splat_points(
     depth_tau=0.02,
     core_fraction=0.75,
     sigma=0.25,
+    kernel="gaussian",
+    kernel_width=1.0,
+    depth_slack=None,
 ):
     """Soft z-buffered splat of N points into an H x W image (algorithm in the module docstring).
 
@@ -157,6 +180,10 @@ def splat_points(
       depth_tau: relative depth tolerance of the soft z-test (s = exp(-(z - zmin) / (tau zmin))).
       core_fraction: taps with d <= core_fraction * r define the front surface of a pixel when any exist.
       sigma: standard deviation (pixels) of the Gaussian feature weight.
+      kernel: feature kernel, "gaussian" (default) or "bilinear" (module docstring, step 4).
+      kernel_width: the spacing a of the point's surface in this view (pixels, a number or [N], clipped
+        below at 1): the "bilinear" tent half-width, and the core reaches at least sqrt(1/2) a.
+      depth_slack: optional [N] per-point depth slack e >= 0 of the soft z-test (same units as z).
 
     Returns a dict:
       features [H, W, C] float32 weighted mean (0 on empty pixels); depth [H, W] weighted mean z (0 on
@@ -166,7 +193,7 @@ def splat_points(
     where = "kernels.splat.splat_points"
     height, width = _check_image_size(image_size, where)
     max_radius = _resolve_max_radius(radius, max_radius, where)
-    _check_params(near, depth_tau, core_fraction, sigma, where)
+    _check_params(near, depth_tau, core_fraction, sigma, where, kernel)
     points = jnp.asarray(points)
     features = jnp.asarray(features)
     K = jnp.asarray(K)
@@ -189,6 +216,13 @@ def splat_points(
         radius = jnp.asarray(radius)
         if radius.shape not in ((), (n,)):
             raise ValueError(f"{where}: `radius` must be a number or [N] = [{n}], got shape {radius.shape}")
+    kernel_width = jnp.asarray(kernel_width)
+    if kernel_width.shape not in ((), (n,)):
+        raise ValueError(f"{where}: `kernel_width` must be a number or [N] = [{n}], got shape {kernel_width.shape}")
+    if depth_slack is not None:
+        depth_slack = jnp.asarray(depth_slack)
+        if depth_slack.shape != (n,):
+            raise ValueError(f"{where}: `depth_slack` must be [N] = [{n}], got shape {depth_slack.shape}")
 
     # float32 accumulation for low-precision inputs; float64 inputs (x64 tests) stay float64.
     dtype = jnp.promote_types(jnp.promote_types(points.dtype, features.dtype), jnp.float32)
@@ -221,7 +255,10 @@ def splat_points(
     inside = (ti >= 0) & (ti < height) & (tj >= 0) & (tj < width)
     d2 = (tj.astype(dtype) - u[:, None]) ** 2 + (ti.astype(dtype) - v[:, None]) ** 2
     active = front[:, None] & inside & (d2 < r2[:, None])
-    core = active & (d2 <= (core_fraction**2) * r2[:, None])
+    # the core reaches at least sqrt(1/2) of the point spacing (kernel_width): inside a magnified surface
+    # whose points are farther apart than the core, a pixel still has one of them in its core
+    spacing2 = 0.5 * jnp.maximum(jnp.broadcast_to(kernel_width.astype(dtype), (n,)), 1.0) ** 2
+    core = active & (d2 <= jnp.maximum((core_fraction**2) * r2, spacing2)[:, None])
     # Inactive taps keep a nearby in-range index and carry neutral updates (inf for min, 0 for add).
     pix = jnp.clip(ti * width + tj, 0, num_pixels - 1).reshape(-1)
 
@@ -232,12 +269,21 @@ def splat_points(
     zmins = jnp.full((num_pixels, 2), inf, dtype).at[pix].min(zkeys, mode="promise_in_bounds")
     zmin_pix = jnp.where(jnp.isfinite(zmins[:, 0]), zmins[:, 0], zmins[:, 1])
     zmin = jnp.where(active, zmin_pix[pix].reshape(active.shape), 1.0)  # finite (>= near) on active taps
-    s = jnp.exp(jnp.minimum(0.0, -(zt - zmin) / (depth_tau * zmin)))
+    gap = zt - zmin
+    if depth_slack is not None:
+        gap = gap - jnp.maximum(depth_slack.astype(dtype), 0.0)[:, None]
+    s = jnp.exp(jnp.minimum(0.0, -gap / (depth_tau * zmin)))
 
     # 4. Weights and the single scatter-add of every channel.
     r2_safe = jnp.where(active, r2[:, None], 1.0)
     w_cov = jnp.where(active, jnp.maximum(0.0, 1.0 - d2 / r2_safe), 0.0)
-    omega = jnp.where(active, s * jnp.exp(-d2 / (2.0 * sigma * sigma)), 0.0)
+    k = jnp.exp(-d2 / (2.0 * sigma * sigma))
+    if kernel == "bilinear":
+        a = jnp.maximum(jnp.broadcast_to(kernel_width.astype(dtype), (n,)), 1.0)[:, None]
+        tx = jnp.maximum(0.0, 1.0 - jnp.abs(tj.astype(dtype) - u[:, None]) / a)
+        ty = jnp.maximum(0.0, 1.0 - jnp.abs(ti.astype(dtype) - v[:, None]) / a)
+        k = tx * ty + 1e-6 * k
+    omega = jnp.where(active, s * k, 0.0)
     log_t = jnp.log1p(-jnp.minimum(w_cov * s, _MAX_COVERAGE))
     # rows = omega * [f, z, 1, 0] + log_t * [0, .., 0, 1]: one fused elementwise producer of the rows.
     fz1 = jnp.concatenate([features, zf[:, None], jnp.ones((n, 1), dtype), jnp.zeros((n, 1), dtype)], axis=-1)
@@ -279,37 +325,61 @@ def _batch_args(points, features, K, valid, where):
     return points, features, K, valid
 
 
+# Keyword arguments of splat_points that may be per-point arrays; the batched forms take them as [B, N]
+# (or [N], shared) and map over the batch; everything else must be a static python value.
+_PER_POINT_KW = ("kernel_width", "depth_slack")
+
+
+def _split_kw(kw, b, n, where):
+    static, arrays = {}, {}
+    for key, val in kw.items():
+        if key in _PER_POINT_KW and val is not None and not _is_number(val):
+            arr = jnp.asarray(val)
+            if arr.shape not in ((n,), (b, n)):
+                raise ValueError(f"{where}: `{key}` must be a number, [N] or [B, N] = [{b}, {n}], got {arr.shape}")
+            arrays[key] = jnp.broadcast_to(arr, (b, n))
+        else:
+            static[key] = val
+    return static, arrays
+
+
 def splat_points_batched(points, features, K, image_size, radius=1.5, *, valid=None, max_radius=None, **kw):
     """`splat_points` over a batch (vmap).
 
     points [B, N, 3], features [B, N, C], K [3, 3] (shared) or [B, 3, 3]; radius a python float or an
-    array [B, N] (or [N], shared); valid optional [B, N]. Other keywords as `splat_points`. Returns the
-    same dict with a leading batch axis ([B, H, W, C], ..., counts [B]).
+    array [B, N] (or [N], shared); valid optional [B, N]; kernel_width / depth_slack a number or [B, N]
+    (or [N], shared). Other keywords as `splat_points`. Returns the same dict with a leading batch axis
+    ([B, H, W, C], ..., counts [B]).
     """
     where = "kernels.splat.splat_points_batched"
     max_radius = _resolve_max_radius(radius, max_radius, where)
     points, features, K, valid = _batch_args(points, features, K, valid, where)
     b, n = points.shape[:2]
-
+    static, arrays = _split_kw(kw, b, n, where)
+    names = tuple(sorted(arrays))
     if _is_number(radius):
-        fn = lambda p, f, k, m: splat_points(
-            p, f, k, image_size, float(radius), valid=m, max_radius=max_radius, **kw
-        )
-        return jax.vmap(fn)(points, features, K, valid)
-    radius = jnp.broadcast_to(jnp.asarray(radius), (b, n))
-    fn = lambda p, f, k, m, r: splat_points(p, f, k, image_size, r, valid=m, max_radius=max_radius, **kw)
-    return jax.vmap(fn)(points, features, K, valid, radius)
+        radius_arr = jnp.zeros((b, n), points.dtype)
+    else:
+        radius_arr = jnp.broadcast_to(jnp.asarray(radius), (b, n))
+
+    def fn(p, f, k, m, r, *per_point):
+        rad = float(radius) if _is_number(radius) else r
+        return splat_points(p, f, k, image_size, rad, valid=m, max_radius=max_radius, **static,
+                            **dict(zip(names, per_point)))
+
+    return jax.vmap(fn)(points, features, K, valid, radius_arr, *(arrays[k] for k in names))
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded_fn(mesh, axis, image_size, radius, max_radius, kw_items, has_radius_array):
+def _sharded_fn(mesh, axis, image_size, radius, max_radius, kw_items, has_radius_array, array_names):
     """jit(shard_map(batched splat)) with the batch axis split over `axis` of `mesh` (cached)."""
     kw = dict(kw_items)
     spec = PartitionSpec(axis)
 
-    def body(points, features, K, valid, radius_arr):
+    def body(points, features, K, valid, radius_arr, *per_point):
         r = radius_arr if has_radius_array else radius
-        return splat_points_batched(points, features, K, image_size, r, valid=valid, max_radius=max_radius, **kw)
+        return splat_points_batched(points, features, K, image_size, r, valid=valid, max_radius=max_radius, **kw,
+                                    **dict(zip(array_names, per_point)))
 
     # Every input and output carries the batch on its leading axis, so one spec covers them all.
     per_device = jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec)
@@ -335,6 +405,8 @@ def splat_points_sharded(
         raise ValueError(f"{where}: mesh has axes {tuple(mesh.shape)}, not {axis!r}")
     points, features, K, valid = _batch_args(points, features, K, valid, where)
     b, n = points.shape[:2]
+    static, arrays = _split_kw(kw, b, n, where)
+    names = tuple(sorted(arrays))
     has_radius_array = not _is_number(radius)
     radius_arr = (
         jnp.broadcast_to(jnp.asarray(radius, points.dtype), (b, n)) if has_radius_array else jnp.zeros((b, n))
@@ -354,8 +426,9 @@ def splat_points_sharded(
         image_size,
         float(radius) if not has_radius_array else None,
         max_radius,
-        tuple(sorted(kw.items())),
+        tuple(sorted(static.items())),
         has_radius_array,
+        names,
     )
-    out = fn(pad(points), pad(features), K, pad(valid, False), pad(radius_arr))
+    out = fn(pad(points), pad(features), K, pad(valid, False), pad(radius_arr), *(pad(arrays[k]) for k in names))
     return {k: out[k][:b] for k in _OUTPUT_KEYS}

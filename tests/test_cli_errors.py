@@ -39,7 +39,7 @@ def _animate(photo, out, *extra):
     [
         (["--trajectory", "nope"], ["--trajectory", "'nope'", "circle"]),
         (["--config.render.point_radius=-1"], ["'render.point_radius'", "must be > 0"]),
-        (["--config.layering.max_layers=0"], ["'layering.max_layers'", ">= 1"]),
+        (["--config.layering.max_layers=-1"], ["'layering.max_layers'", ">= 0"]),
         (["--config.no.such.key=1"], ["unknown config key 'no.such.key'"]),
         (["--config.render.point_radius=big"], ["'render.point_radius'", "expects float"]),
         (["--frames", "1"], ["--frames", "at least 2"]),

@@ -172,16 +172,16 @@ def test_detect_sky_on_synthetic_landscape():
 
 def test_heuristic_depth_on_synthetic_landscape():
     img, sky = synthetic_landscape()
-    est = dp.HeuristicDepth()
+    est = dp.HeuristicDepth(horizon=1 / 3)
     depth = est(img)
     assert depth.shape == sky.shape and depth.dtype == np.float32
     assert np.all(np.isfinite(depth)) and depth.min() > 0
     assert depth.min() == 1.0  # near
-    # Sky sits at ~sky_depth (60, divided by the bottom-row factor (H - r_h) / (H - 1 - r_h) = 48/47).
+    # Sky sits at ~sky_depth (60, divided by the bottom-row factor (H - r_h) / (H - 1 - r_h) = 64/63).
     sky_med = np.median(depth[sky])
     assert 0.85 * 60.0 < sky_med <= 60.0, sky_med
     h = img.shape[0]
-    ground_rows = np.arange(h // 2 + 2, h)  # below the horizon
+    ground_rows = np.arange(h // 3 + 2, h)  # below the horizon
     assert depth[ground_rows].max() < sky_med / 2
     rho = scipy.stats.spearmanr(ground_rows, np.median(depth[ground_rows], axis=1)).statistic
     assert rho < -0.99, rho  # depth decreases towards the bottom of the image
@@ -194,23 +194,85 @@ def test_heuristic_depth_on_china_photo():
 
     big = load_sample_image("china.jpg").astype(np.float32) / 255.0  # 427 x 640
     img = np.clip(cv2.resize(big, (160, 107), interpolation=cv2.INTER_AREA), 0, 1)
-    depth = dp.get_estimator("heuristic")(img)
+    depth = dp.HeuristicDepth()(img)
     assert depth.min() == 1.0 and np.all(np.isfinite(depth))
     sy, sx = 107 / 427, 160 / 640
     sky = depth[: int(140 * sy), int(340 * sx):]  # clear sky, top right
     water = depth[int(240 * sy):int(310 * sy), int(380 * sx):int(520 * sx)]  # lake, right of the tower
     assert np.median(sky) > 5 * np.median(water), (np.median(sky), np.median(water))  # ~51 vs ~4
+    # pop-up: the tower (its upper floors are above the horizon) stands in front of the lake, near the
+    # trees at its foot, instead of at the horizon's far depth (without pop-up: ~20 vs the lake's ~4)
+    tower = depth[int(130 * sy):int(250 * sy), int(160 * sx):int(330 * sx)]
+    assert np.median(tower) < 0.5 * np.median(water), (np.median(tower), np.median(water))
+    flat = dp.HeuristicDepth(popup=False)(img)
+    tower_flat = flat[int(130 * sy):int(250 * sy), int(160 * sx):int(330 * sx)]
+    assert np.median(tower_flat) > 2 * np.median(flat[int(240 * sy):int(310 * sy), int(380 * sx):int(520 * sx)])
+
+
+def standing_post_scene(h=96, w=128):
+    """A level camera (horizon at mid-height) over smooth ground, a smooth blue sky far away, and a
+    textured post standing on the ground 6 m ahead (GroundScene ray cast: exact depth)."""
+    from cine_jax import synthetic as sy
+
+    K = sy.metric_intrinsics(h, w, principal_offset=(0.0, 0.0))
+    post = sy.Billboard("rect", 6.0, (-0.4, 0.4, -1.5, 1.6), sy.smooth_texture(5, min_period=4, max_period=8),
+                        (0.9, 0.5, 0.4))
+    scene = sy.GroundScene(height=h, width=w, K=K, camera_height=1.6, backdrop_depth=60.0, water_z=(1e9, 1e9),
+                           water_speed=0.0, billboards=(post,),
+                           ground_texture=sy.smooth_texture(6, min_period=30, max_period=60, amplitude=0.03),
+                           water_texture=sy.smooth_texture(7),
+                           backdrop_texture=sy.smooth_texture(8, min_period=60, max_period=90, amplitude=0.01),
+                           backdrop_tint=(0.9, 1.2, 1.8))
+    return scene.render()
+
+
+def test_standing_object_takes_the_depth_of_its_ground_contact():
+    # Issue 7 item 6, known answer: the post's depth equals the ground's at its foot (the exact ray-cast
+    # ratio is 1.02: the post is 6 m away, the ground at its contact row 5.9 m). Without pop-up the post,
+    # which rises above the horizon, got the far depth (ratio ~6).
+    r = standing_post_scene()
+    post = r["surface"] == 3
+    contact = np.nonzero(post.any(1))[0].max() + 1
+    left = np.nonzero(post.any(0))[0].min() - 5
+    exact = np.median(r["depth"][post]) / np.median(r["depth"][contact, :left])
+    for popup, lo, hi in ((True, 0.85, 1.15), (False, 3.0, np.inf)):
+        d = dp.HeuristicDepth(popup=popup)(r["image"])
+        ratio = np.median(d[post]) / np.median(d[contact, :left])
+        assert lo < ratio < hi, (popup, ratio, exact)
+    assert abs(exact - 1.0) < 0.05
+    # the ground elsewhere keeps the plane's shape (depth ratios between rows as the exact render's)
+    rows = np.arange(contact - 8, r["depth"].shape[0], 4)
+    est_ratio = np.median(d[rows, :left], axis=1) / np.median(d[rows[-1], :left])
+    true_ratio = np.median(r["depth"][rows, :left], axis=1) / np.median(r["depth"][rows[-1], :left])
+    np.testing.assert_allclose(est_ratio, true_ratio, rtol=0.1)
+
+
+def test_ground_contact_rows_closed_form():
+    h, w = 20, 6
+    standing = np.zeros((h, w), bool)
+    standing[2:15, 1] = True  # rises 8 rows above the horizon (row 10), foot at row 14 -> contact 15
+    standing[2:11, 2] = True  # ends at the horizon row -> contact 11
+    standing[2:20, 3] = True  # to the bottom: contact = H (foot out of frame)
+    standing[9:14, 4] = True  # rises only 2 rows: not a standing thing (min_rise 3) -> horizon
+    standing[3:16, 5] = True
+    standing[12, 5] = False  # a one-row gap, bridged with gap=1
+    got = dp.ground_contact_rows(standing, 10, gap=1, min_rise=3)
+    np.testing.assert_array_equal(got, [10, 15, 11, 20, 10, 16])
 
 
 def test_estimator_registry_and_errors():
-    est = dp.get_estimator("heuristic", near=2.0, far=30.0, sky_depth=90.0)
-    assert isinstance(est, dp.HeuristicDepth) and est.near == 2.0
+    from configs import cinemagraph
+
+    cfg = cinemagraph.get_config().depth
+    cfg.near, cfg.heuristic.far, cfg.heuristic.sky_depth = 2.0, 30.0, 90.0
+    est = dp.get_estimator("heuristic", config=cfg, seed=0)
+    assert isinstance(est, dp.HeuristicDepth) and est.near == 2.0 and est.far == 30.0 and est.sky_depth == 90.0
     img, _ = synthetic_landscape(48, 64)
     assert est(img).min() == 2.0
     with pytest.raises(ValueError, match="unknown depth estimator 'dpt'.*heuristic"):
-        dp.get_estimator("dpt")
-    dp.register_estimator("constant", lambda value=3.0: (lambda image: np.full(image.shape[:2], value)))
-    assert dp.get_estimator("constant", value=4.0)(img)[0, 0] == 4.0
+        dp.get_estimator("dpt", config=cfg, seed=0)
+    dp.register_estimator("constant", lambda config, seed: (lambda image: np.full(image.shape[:2], config.near)))
+    assert dp.get_estimator("constant", config=cfg, seed=0)(img)[0, 0] == 2.0
     with pytest.raises(ValueError, match="near < far"):
         dp.HeuristicDepth(near=5.0, far=2.0)
     with pytest.raises(ValueError, match="median_ksize"):

@@ -49,6 +49,8 @@ def _write_json(path, doc):
         (720, 1280, 768, 8, (432, 768)),
         (1000, 10, 64, 8, (64, 8)),  # short side clamps to multiple_of
         (100, 100, 60, 16, (64, 64)),  # max_side itself rounds to a multiple
+        (427, 641, 0, 1, (427, 641)),  # max_side 0: the input size (official --ds_factor 1)
+        (427, 641, 0, 8, (424, 640)),
     ],
 )
 def test_working_size(h, w, max_side, mult, expected):
@@ -57,7 +59,9 @@ def test_working_size(h, w, max_side, mult, expected):
 
 def test_working_size_rejects_bad_args():
     with pytest.raises(InputError, match="max_side"):
-        io.working_size(10, 10, max_side=0)
+        io.working_size(10, 10, max_side=-1)
+    with pytest.raises(InputError, match="multiple_of"):
+        io.working_size(10, 10, multiple_of=0)
 
 
 def test_load_image_png_grayscale_rgba_16bit(tmp_path, rng):
@@ -362,6 +366,7 @@ def _rotation(rng):
 
 def test_load_cameras_rescales_K(tmp_path, rng):
     K = [[100.0, 0.0, 31.5], [0.0, 90.0, 23.5], [0.0, 0.0, 1.0]]
+    K_src = [[80.0, 0.0, 30.0], [0.0, 80.0, 20.0], [0.0, 0.0, 1.0]]
     poses = []
     for _ in range(3):
         P = np.eye(4)
@@ -369,11 +374,43 @@ def test_load_cameras_rescales_K(tmp_path, rng):
         P[:3, 3] = rng.standard_normal(3)
         poses.append(P.tolist())
     path = _write_json(tmp_path / "cams.json", {"K": K, "poses": poses, "size": [64, 48]})
-    K0, P0 = io.load_cameras(path)
-    np.testing.assert_allclose(K0, K, rtol=1e-6)
-    np.testing.assert_allclose(P0, poses, rtol=1e-6, atol=1e-6)
-    K1, _ = io.load_cameras(path, size=(96, 128))  # 2x: f doubles, centre (c + 0.5) * 2 - 0.5
-    np.testing.assert_allclose(K1, [[200, 0, 63.5], [0, 180, 47.5], [0, 0, 1]], rtol=1e-6)
+    cams = io.load_cameras(path)
+    np.testing.assert_allclose(cams["K"], np.broadcast_to(K, (3, 3, 3)), rtol=1e-6)
+    np.testing.assert_allclose(cams["K_source"], K, rtol=1e-6)  # default: the views' K
+    np.testing.assert_allclose(cams["poses"], poses, rtol=1e-6, atol=1e-6)
+    big = io.load_cameras(path, size=(96, 128))  # 2x: f doubles, centre (c + 0.5) * 2 - 0.5
+    np.testing.assert_allclose(big["K"][1], [[200, 0, 63.5], [0, 180, 47.5], [0, 0, 1]], rtol=1e-6)
+    # a separate source K, rescaled the same way
+    path2 = _write_json(tmp_path / "cams2.json", {"K": K, "K_source": K_src, "poses": poses, "size": [64, 48]})
+    two = io.load_cameras(path2, size=(24, 32))  # 0.5x
+    np.testing.assert_allclose(two["K_source"], [[40, 0, 14.75], [0, 40, 9.75], [0, 0, 1]], rtol=1e-6)
+    np.testing.assert_allclose(two["K"][0], [[50, 0, 15.5], [0, 45, 11.5], [0, 0, 1]], rtol=1e-6)
+    # without "size" the K's are in the photo's own pixels (image_size) and rescaled from there
+    path3 = _write_json(tmp_path / "cams3.json", {"K": K, "poses": poses})
+    three = io.load_cameras(path3, size=(96, 128), image_size=(48, 64))
+    np.testing.assert_allclose(three["K_source"], big["K_source"], rtol=1e-6)
+    # one K per pose
+    Ks = [K, K_src, K]
+    per = io.load_cameras(_write_json(tmp_path / "cams4.json", {"K": Ks, "poses": poses}))
+    np.testing.assert_allclose(per["K"], Ks, rtol=1e-6)
+    np.testing.assert_allclose(per["K_source"], K, rtol=1e-6)
+
+
+def test_load_cameras_size_and_key_errors(tmp_path):
+    K = np.eye(3).tolist()
+    path = _write_json(tmp_path / "aspect.json", {"K": K, "poses": [np.eye(4).tolist()], "size": [64, 64]})
+    with pytest.raises(InputError, match="aspect.json.*aspect ratio"):
+        io.load_cameras(path, size=(48, 64), image_size=(48, 64))
+    path = _write_json(tmp_path / "typo.json", {"K": K, "poses": [np.eye(4).tolist()], "Ksource": K})
+    with pytest.raises(InputError, match="typo.json.*unknown keys"):
+        io.load_cameras(path)
+    path = _write_json(tmp_path / "nk.json", {"K": [K, K], "poses": [np.eye(4).tolist()] * 3})
+    with pytest.raises(InputError, match="nk.json.*one 3x3 per pose"):
+        io.load_cameras(path)
+    path = _write_json(tmp_path / "ks.json", {"K": K, "K_source": [[-1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                                              "poses": [np.eye(4).tolist()]})
+    with pytest.raises(InputError, match="ks.json.*K_source.*focal"):
+        io.load_cameras(path)
 
 
 @pytest.mark.parametrize(

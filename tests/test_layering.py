@@ -114,7 +114,12 @@ def test_opencv_inpainter_matches_cv2_and_ignores_non_context_pixels(rng):
     holes = np.zeros_like(context)
     holes[20:44, 20:44] = True
     holes &= ~context  # the square; context = far plane
-    inp = ly.get_inpainter("opencv", radius=5)
+    from configs import cinemagraph
+
+    lc = cinemagraph.get_config().layering
+    lc.inpaint_radius = 5
+    inp = ly.get_inpainter("opencv", config=lc, seed=0)
+    assert inp.radius == 5
     rgb_f, d_f = inp(img, depth, context, holes)
     ref = cv2.inpaint(np.round(img * 255).astype(np.uint8), (~context).astype(np.uint8), 5,
                       cv2.INPAINT_TELEA).astype(np.float32) / 255
@@ -208,7 +213,7 @@ def test_build_ldi_three_planes_orders_layers_and_partitions(rng):
     depth[60:70, 2:12] = 1.5  # and a second near block straddling the mid plane's corner
     depth += 0.01 * rng.uniform(size=(h, w)).astype(np.float32)
     edges = ly.depth_bins(depth, subsample=2)
-    ldi = ly.build_ldi(img, depth, edges, ly.get_inpainter("opencv"))
+    ldi = ly.build_ldi(img, depth, edges, ly.OpenCVInpainter())
     assert ldi.num_layers == 3
     np.testing.assert_array_equal(ldi.visible.sum(0), 1)
     np.testing.assert_array_equal(ldi.visible.argmax(0), ly.bin_indices(depth, ldi.edges))
@@ -225,8 +230,13 @@ def test_build_ldi_three_planes_orders_layers_and_partitions(rng):
     hidden = ~ldi.visible[1, 26:46, 26:46]
     assert hidden.sum() > 390
     np.testing.assert_allclose(ldi.depth[1, 26:46, 26:46][hidden], 3.0, rtol=0.01)
-    # ... and the far layer is complete everywhere (the last layer keeps all its inpainted pixels).
-    assert ldi.rgba[2, ..., 3].min() == 1.0
+    # ... and the far layer is complete behind the mid plane (every pixel within the 40 px band of its
+    # outline), except behind the central block: that block touches only the mid plane, so the far plane
+    # there is hidden twice over (the mid layer's hidden content covers it) and is not inpainted.
+    far = ldi.rgba[2, ..., 3] == 1.0
+    block = np.zeros((h, w), bool)
+    block[26:46, 26:46] = True
+    assert far[~block].all() and not far[block].any()
     assert np.all(ldi.depth[2] >= 0.9 * ldi.edges[2])
     # Colour behind the near block is the mid plane's (smooth noise around 0.5), not the block's.
     assert np.abs(ldi.rgba[1, 26:46, 26:46, :3][hidden] - 0.5).max() < 0.1
@@ -275,3 +285,75 @@ def test_pad_to_and_previews():
     on = ldi.rgba[0, ..., 3] == 1
     np.testing.assert_allclose(previews[0][:, :24][on], ldi.rgba[0, ..., :3][on], atol=1e-6)
     assert np.all(previews[0][:, 24:][~on] == 0)  # depth colour is black outside the layer
+
+
+# ------------------------------------------------------------------------------------- issue 7 item 3
+
+
+def slanted_ground(h=64, w=80):
+    """A ground plane seen by a level camera (disparity linear in the row: z from 1.2 to ~12), textured;
+    Ward cuts it into several bins although it is one continuous surface."""
+    v = np.arange(h, dtype=np.float64)[:, None]
+    z = np.broadcast_to(1.0 / (0.08 + 0.75 * v / h), (h, w)).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([0.5 + 0.3 * np.sin(xx / 5.0), 0.5 + 0.3 * np.cos(yy / 4.0), 0.4 + 0.0 * xx], -1)
+    return img.astype(np.float32), z
+
+
+def test_continuous_surface_cut_into_bins_gets_no_hidden_content():
+    img, z = slanted_ground()
+    edges = ly.depth_bins(z, subsample=2)
+    assert len(edges) - 1 >= 2  # the ground is cut into several bins
+    ldi = ly.build_ldi(img, z, edges, ly.OpenCVInpainter())
+    assert ldi.num_layers >= 2
+    # no depth edge anywhere: every layer holds exactly its visible pixels, so nothing of a back layer
+    # exists where the front surface is (before: a 40 px band of each far layer was inpainted under it)
+    np.testing.assert_array_equal(ldi.rgba[..., 3] > 0.5, ldi.visible)
+    np.testing.assert_array_equal(ldi.depth[ldi.visible], np.broadcast_to(z, ldi.visible.shape)[ldi.visible])
+    assert not ly.depth_edge_masks(z, 0.04)[1].any()
+
+
+def test_band_behind_occluder_is_what_the_camera_reveals():
+    # a near square (depth 2) on a far plane (10); the far layer is inpainted only in a band of
+    # `reveal_width` pixels inside the square's silhouette, and the square's interior stays empty
+    img, depth, far_rgb, sq = two_plane_scene(64, 64)  # square rows/cols 22..41
+    edges = np.array([1.9, 6.0, 10.5])
+    calls = []
+
+    def reveal(layer, uv, z_front, z_back):
+        calls.append((layer, len(uv), float(z_front.min()), float(z_back.max())))
+        return 5.0
+
+    ldi = ly.build_ldi(img, depth, edges, ly.OpenCVInpainter(), reveal_width=reveal)
+    assert calls == [(1, 4 * 20 - 4, 2.0, 10.0)]  # one call: the square's outline pixels, depths 2 and 10
+    hidden = (ldi.rgba[1, ..., 3] > 0.5) & ~ldi.visible[1]
+    ii, jj = np.mgrid[0:64, 0:64]
+    # Euclidean distance to the outline (pixels of the square next to the far plane)
+    inner = np.minimum.reduce([ii - 22, 41 - ii, jj - 22, 41 - jj])
+    in_sq = np.zeros((64, 64), bool)
+    in_sq[sq] = True
+    np.testing.assert_array_equal(hidden[in_sq & (inner <= 4)], True)
+    np.testing.assert_array_equal(hidden[in_sq & (inner >= 6)], False)
+    assert not hidden[~in_sq].any()
+    # hidden content is behind the front and has the far plane's colour and depth
+    np.testing.assert_allclose(ldi.depth[1][hidden], 10.0, rtol=0.05)
+    assert np.abs(ldi.rgba[1][hidden][:, :3] - far_rgb[hidden]).mean() < 0.06
+    # a static camera over a static scene reveals nothing: no hidden pixel at all
+    still = ly.build_ldi(img, depth, edges, ly.OpenCVInpainter(), reveal_width=0.0)
+    np.testing.assert_array_equal(still.rgba[..., 3] > 0.5, still.visible)
+
+
+def test_hidden_content_only_behind_occluders_in_a_metric_scene():
+    # River scene (exact depth): the ground and river form one continuous surface from 2.6 m to the
+    # backdrop, cut into several depth bins; a disc and a post occlude it. Hidden (inpainted) pixels may
+    # only lie on the occluders, never on the nearer part of the ground next to a contour.
+    from cine_jax import synthetic
+
+    r = synthetic.river_scene(72, 96, disc=True, post=True).render()
+    edges = ly.depth_bins(r["depth"], subsample=2)
+    ldi = ly.build_ldi(r["image"], r["depth"], edges, ly.OpenCVInpainter(), reveal_width=12.0)
+    assert ldi.num_layers >= 3
+    hidden = ((ldi.rgba[..., 3] > 0.5) & ~ldi.visible).any(0)
+    occluder = r["surface"] >= 3
+    assert hidden.sum() > 100
+    assert not (hidden & ~occluder).any(), int((hidden & ~occluder).sum())

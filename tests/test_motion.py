@@ -133,6 +133,27 @@ def test_smooth_flow_matches_cv2_blur(rng, ksize):
     np.testing.assert_allclose(ours, blurred * mask[..., None], atol=1e-5)
 
 
+def test_masked_diffuse_two_sources_closed_form():
+    # Two source pixels a at (10, 10) and b at (10, 13), 5 x 5 windows (half width 2), worked out by hand:
+    # pass 1: a pixel within 2 rows of row 10 sees a if its column is 8..12 and b if 11..15, so columns
+    #   8-10 -> a, 11-12 -> (a + b) / 2, 13-15 -> b; rows 13+ see nothing (undefined, 0).
+    # pass 2: (13, 10) averages the defined pixels of rows 11-12, columns 8-12: 3 columns of a and 2 of
+    #   (a + b) / 2, i.e. (4a + b) / 5; (10, 16) sees columns 14-15 (b) and 16-18 (undefined): b.
+    a, b = 2.0, -1.0
+    values = np.zeros((24, 26, 1), np.float32)
+    mask = np.zeros((24, 26), np.float32)
+    values[10, 10], values[10, 13] = a, b
+    mask[10, 10] = mask[10, 13] = 1
+    one, valid1 = motion.masked_diffuse(values, mask, iters=1, ksize=5, return_valid=True)
+    one = np.asarray(one)[..., 0]
+    assert one[9, 8] == a and one[11, 12] == (a + b) / 2 and one[8, 15] == b
+    assert one[10, 10] == a and one[10, 13] == b  # sources keep their values
+    assert one[13, 10] == 0 and not np.asarray(valid1)[13, 10]
+    two = np.asarray(motion.masked_diffuse(values, mask, iters=2, ksize=5))[..., 0]
+    np.testing.assert_allclose(two[13, 10], (4 * a + b) / 5, rtol=1e-6)
+    np.testing.assert_allclose(two[10, 16], b, rtol=1e-6)
+
+
 def test_masked_diffuse_keeps_inside_and_fills_band(rng):
     h, w, iters, k = 40, 45, 3, 5
     values = rng.normal(size=(h, w, 3)).astype(np.float32)
@@ -142,15 +163,6 @@ def test_masked_diffuse_keeps_inside_and_fills_band(rng):
     out, valid = np.asarray(out), np.asarray(valid)
     inside = mask > 0.5
     np.testing.assert_array_equal(out[inside], values[inside])
-    # Brute-force reference of the same algorithm with OpenCV un-normalised box sums.
-    v, d = values * inside[..., None], inside.astype(np.float32)
-    for _ in range(iters):
-        num = cv2.boxFilter(v * d[..., None], -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        den = cv2.boxFilter(d, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        ext = np.where(den[..., None] > 0.5, num / np.maximum(den, 1)[..., None], 0)
-        v = np.where(inside[..., None], values, ext)
-        d = ((den > 0.5) | inside).astype(np.float32)
-    np.testing.assert_allclose(out, v, atol=1e-5)
     # The band is Chebyshev distance <= iters * (k // 2) from the mask.
     ii, jj = np.mgrid[:h, :w]
     cheb = np.maximum(np.maximum(15 - ii, ii - 21).clip(0), np.maximum(18 - jj, jj - 24).clip(0))
@@ -162,7 +174,20 @@ def test_masked_diffuse_keeps_inside_and_fills_band(rng):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Euler integration
+# Euler integration (of points; here every pixel centre of the image is a point)
+
+
+def grid_uv(h, w):
+    gu, gv = np.meshgrid(np.arange(w), np.arange(h))
+    return np.stack([gu.ravel(), gv.ravel()], -1).astype(np.float32)
+
+
+def euler_grid(flow, n, border="zeros"):
+    """motion.euler_integrate started at every pixel centre, reshaped to [n + 1, H, W, ...]."""
+    h, w = flow.shape[:2]
+    r = motion.euler_integrate(flow, grid_uv(h, w), n, border=border)
+    return {"displacement": np.asarray(r["displacement"]).reshape(n + 1, h, w, 2),
+            "valid": np.asarray(r["valid"]).reshape(n + 1, h, w)}
 
 
 def test_constant_flow_exact_and_leaves_image():
@@ -170,8 +195,8 @@ def test_constant_flow_exact_and_leaves_image():
     v = np.array([0.75, -0.5], np.float32)  # exact in binary: t * v is exact
     flow = np.broadcast_to(v, (h, w, 2)).astype(np.float32)
     # border="clamp": M is the constant v at every position, so the closed form holds everywhere.
-    r = motion.euler_integrate(flow, n, border="clamp")
-    disp, valid = np.asarray(r["displacement"]), np.asarray(r["valid"])
+    r = euler_grid(flow, n, border="clamp")
+    disp, valid = r["displacement"], r["valid"]
     assert disp.shape == (n + 1, h, w, 2) and valid.shape == (n + 1, h, w)
     np.testing.assert_array_equal(disp[0], 0)
     grid_u, grid_v = np.meshgrid(np.arange(w), np.arange(h))
@@ -187,8 +212,8 @@ def test_constant_flow_exact_and_leaves_image():
     np.testing.assert_array_equal(disp[2:, i, j], np.broadcast_to(2 * v, (n - 1, 2)))
     # border="zeros" (default): the flow fades in the outer half pixel (u < 0 or u > W - 1), so only
     # paths that stayed inside the pixel-centre hull are exactly t * v; everything matches brute force.
-    r = motion.euler_integrate(flow, n)
-    disp, valid = np.asarray(r["displacement"]), np.asarray(r["valid"])
+    r = euler_grid(flow, n)
+    disp, valid = r["displacement"], r["valid"]
     ref_d, ref_v = np_euler_bilinear(flow.astype(np.float64), n)
     np.testing.assert_array_equal(valid, ref_v)
     np.testing.assert_allclose(disp, ref_d, atol=1e-6)
@@ -208,7 +233,7 @@ def test_affine_flow_matches_bruteforce_bilinear_loop():
     gu, gv = np.meshgrid(np.arange(w), np.arange(h))
     x = np.stack([gu, gv], -1).astype(np.float64)
     flow = (x @ A.T + b).astype(np.float32)
-    r = motion.euler_integrate(flow, n)
+    r = euler_grid(flow, n)
     ref_d, ref_v = np_euler_bilinear(flow.astype(np.float64), n)
     np.testing.assert_array_equal(np.asarray(r["valid"]), ref_v)
     np.testing.assert_allclose(np.asarray(r["displacement"]), ref_d, atol=1e-5)
@@ -230,9 +255,9 @@ def test_affine_flow_matches_bruteforce_bilinear_loop():
 def test_scan_equals_naive_per_frame_recomputation(rng):
     h, w, n = 7, 9, 6
     flow = rng.normal(scale=0.7, size=(h, w, 2)).astype(np.float32)
-    r = motion.euler_integrate(flow, n)
+    r = euler_grid(flow, n)
     for t in range(n + 1):
-        naive = motion.euler_integrate(flow, t)
+        naive = euler_grid(flow, t)
         np.testing.assert_array_equal(np.asarray(naive["displacement"][t]), np.asarray(r["displacement"][t]))
         np.testing.assert_array_equal(np.asarray(naive["valid"][t]), np.asarray(r["valid"][t]))
 
@@ -241,10 +266,10 @@ def test_symmetric_loop_property():
     h, w, n = 8, 40, 6
     v = np.array([0.5, 0.25], np.float32)
     flow = np.broadcast_to(v, (h, w, 2)).astype(np.float32)
-    s = motion.symmetric_displacements(flow, n)
-    fw, bw = np.asarray(s["forward"]), np.asarray(s["backward"])
-    fv, bv = np.asarray(s["forward_valid"]), np.asarray(s["backward_valid"])
-    assert fw.shape == bw.shape == (n, h, w, 2) and fv.shape == (n, h, w)
+    s = motion.symmetric_displacements(flow, grid_uv(h, w), n)
+    fw, bw = np.asarray(s["forward"]).reshape(n, h, w, 2), np.asarray(s["backward"]).reshape(n, h, w, 2)
+    fv = np.asarray(s["forward_valid"]).reshape(n, h, w)
+    bv = np.asarray(s["backward_valid"]).reshape(n, h, w)
     np.testing.assert_allclose(np.asarray(s["time"]), np.arange(n) / n, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(fw[0], 0)
     # Interior: both paths (x0 + k v, k <= t, and x0 - k v, k <= N - t) stay in the pixel-centre hull,
@@ -259,18 +284,17 @@ def test_symmetric_loop_property():
         b_ok = np.all([in_hull(gu - k * v[0], gv - k * v[1]) for k in range(n - t + 1)], axis=0)
         both = f_ok & b_ok
         assert both.sum() > 0.4 * h * w and np.all(fv[t][both] & bv[t][both])
-        # The loop: a point at frame t seen from both directions is at the same looped phase.
+        # closed forms: forward[t] = t v, backward[t] = (t - N) v (time shifted and sign flipped
+        # versions differ by v or 2 t v), and the loop: forward - backward = N v
+        np.testing.assert_array_equal(fw[t][f_ok], np.broadcast_to(t * v, (f_ok.sum(), 2)))
+        np.testing.assert_array_equal(bw[t][b_ok], np.broadcast_to((t - n) * v, (b_ok.sum(), 2)))
         np.testing.assert_array_equal((fw[t] - bw[t])[both], np.broadcast_to(n * v, (both.sum(), 2)))
-        # backward[t] is -M integrated for N - t steps.
-        np.testing.assert_array_equal(bw[t][b_ok], np.broadcast_to(-(n - t) * v, (b_ok.sum(), 2)))
-    # and equals euler_integrate(-M)[N - t] for a non-constant field.
-    f2 = np.random.default_rng(1).normal(scale=0.5, size=(h, w, 2)).astype(np.float32)
-    s2 = motion.symmetric_displacements(f2, n)
-    e_neg = motion.euler_integrate(-f2, n)
-    e_pos = motion.euler_integrate(f2, n)
-    for t in range(n):
-        np.testing.assert_allclose(np.asarray(s2["backward"][t]), np.asarray(e_neg["displacement"][n - t]))
-        np.testing.assert_allclose(np.asarray(s2["forward"][t]), np.asarray(e_pos["displacement"][t]))
+    # per-layer fields: each point follows the field of its own layer
+    fields = np.stack([flow, -2 * flow])
+    uv = np.array([[20.0, 4.0], [20.0, 4.0]], np.float32)
+    s2 = motion.symmetric_displacements(fields, uv, n, layer=np.array([0, 1]))
+    np.testing.assert_allclose(np.asarray(s2["forward"])[3], [3 * v, -6 * v], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(s2["backward"])[3], [(3 - n) * v, -2 * (3 - n) * v], atol=1e-6)
 
 
 def test_inside_image_is_the_rounded_footprint():
@@ -281,12 +305,17 @@ def test_inside_image_is_the_rounded_footprint():
 
 
 def test_euler_errors():
+    uv = np.zeros((3, 2), np.float32)
     with pytest.raises(ValueError, match="flow"):
-        motion.euler_integrate(np.zeros((4, 4, 3), np.float32), 2)
+        motion.euler_integrate(np.zeros((4, 4, 3), np.float32), uv, 2)
     with pytest.raises(ValueError, match="border"):
-        motion.euler_integrate(np.zeros((4, 4, 2), np.float32), 2, border="wrap")
+        motion.euler_integrate(np.zeros((4, 4, 2), np.float32), uv, 2, border="wrap")
+    with pytest.raises(ValueError, match="uv"):
+        motion.euler_integrate(np.zeros((4, 4, 2), np.float32), np.zeros((3, 3)), 2)
+    with pytest.raises(ValueError, match="layer"):
+        motion.euler_integrate(np.zeros((2, 4, 4, 2), np.float32), uv, 2, layer=np.zeros(4, int))
     with pytest.raises(ValueError, match="num_frames"):
-        motion.symmetric_displacements(np.zeros((4, 4, 2), np.float32), 0)
+        motion.symmetric_displacements(np.zeros((4, 4, 2), np.float32), uv, 0)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from cine_jax import render, scene, synthetic
+from cine_jax import motion, render, scene, synthetic
 from cine_jax.layering import LDI
 from configs import cinemagraph
 from kernels import camera
@@ -77,16 +78,18 @@ def test_constant_flow_plane_reproduces_advected_texture():
     arrays = _scene_arrays(cloud, K)
     opts = _opts()
     pose = jnp.eye(4)
-    for t in (0, 3, 7):
+    for t in (3, 7):
         out = _frame(arrays, disp, t, n, pose, jnp.asarray(K), (64, 64), opts)
         wgt = 1 - t / n
         uv = synthetic.pixel_uv(64, 64)
         v = np.asarray(s.velocity, np.float32)
         expected = wgt * s.texture(uv - t * v) + (1 - wgt) * s.texture(uv - (t - n) * v)
-        # away from the borders, where both clouds cover the pixel
+        # away from the borders, where both clouds cover the pixel. Measured 71 dB (the bilinear splat
+        # resamples the sub-pixel motion exactly up to the texture's curvature); a flipped flow sign
+        # scores 37.8 dB and a one-frame time shift 37.4 dB against the same expectation.
         m = 8
         psnr = _psnr(np.asarray(out["rgb"])[m:-m, m:-m], expected[m:-m, m:-m])
-        assert psnr >= 35.0, (t, psnr)
+        assert psnr >= 60.0, (t, psnr)
         np.testing.assert_allclose(np.asarray(out["weight_forward"])[m:-m, m:-m], wgt, atol=1e-4)
 
 
@@ -94,7 +97,7 @@ def test_frame_zero_at_identity_reproduces_input():
     s = synthetic.plane_scene(48, 48, near_box=(12, 12, 30, 30))
     cloud, disp, K = _setup(s, 6)
     out = _frame(_scene_arrays(cloud, K), disp, 0, 6, jnp.eye(4), jnp.asarray(K), (48, 48), _opts())
-    assert _psnr(out["rgb"], s.image) >= 40.0
+    assert _psnr(out["rgb"], s.image) >= 60.0
     assert float(np.asarray(out["alpha"]).min()) >= 0.99
 
 
@@ -106,8 +109,8 @@ def test_frame_n_equals_frame_zero():
     ldi = _single_layer(s)
     cloud = scene.build_point_cloud(ldi)
     fields = scene.layer_flows(s.flow, ldi)
-    fwd = scene.integrate_points(fields, cloud.uv, cloud.layer, n)
-    bwd = scene.integrate_points(-fields, cloud.uv, cloud.layer, n)
+    fwd = motion.euler_integrate(fields, cloud.uv, n, layer=cloud.layer, border="clamp")
+    bwd = motion.euler_integrate(-fields, cloud.uv, n, layer=cloud.layer, border="clamp")
     K = np.asarray(camera.intrinsics_from_focal(48.0, h, w))
     arrays = _scene_arrays(cloud, K)
     pose = camera.translation_pose([0.3, -0.2, 0.1])  # large enough to uncover pixels at the borders
@@ -176,6 +179,28 @@ def test_parallax_near_moves_more_than_far():
     assert near_shift > 3 * far_shift
 
 
+def test_push_pull_fill_is_smooth_on_a_revealed_border_band():
+    # Issue 7 item 5: a camera move reveals a band along the right and bottom borders. The fill must have
+    # no block edges: inside the band and across its border the step between neighbouring pixels stays
+    # within a few times the image's own gradient (0.0125 / 0.0167 per pixel here); the old nearest-pull
+    # push-pull left 2^k-pixel squares with steps of 0.31.
+    h, w = 60, 80
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx / w, yy / h, 0.5 + 0 * xx], -1).astype(np.float32)
+    valid = np.ones((h, w), bool)
+    valid[:, 50:] = False
+    valid[40:, :] = False
+    out = np.asarray(render.push_pull_fill(jnp.asarray(img * valid[..., None]), jnp.asarray(valid), 8))
+    np.testing.assert_array_equal(out[valid], img[valid])
+    step_x = np.abs(np.diff(out, axis=1)).max()
+    step_y = np.abs(np.diff(out, axis=0)).max()
+    assert step_x < 4 * (1 / w) and step_y < 4 * (1 / h), (step_x, step_y)
+    # no 2x2 or larger constant blocks inside the band (a nearest-neighbour pull makes them)
+    band = ~valid
+    flat = (np.abs(np.diff(out, axis=1)).max(-1) < 1e-7)[:-1] & (np.abs(np.diff(out, axis=0)).max(-1) < 1e-7)[:, :-1]
+    assert not (flat & band[:-1, :-1]).any()
+
+
 def test_push_pull_fill_keeps_valid_and_fills_holes(rng):
     img = rng.uniform(size=(20, 30, 3)).astype(np.float32)
     valid = rng.uniform(size=(20, 30)) > 0.3
@@ -186,6 +211,17 @@ def test_push_pull_fill_keeps_valid_and_fills_holes(rng):
     const = np.full((20, 30, 3), 0.3, np.float32)
     np.testing.assert_allclose(np.asarray(render.push_pull_fill(jnp.asarray(const), jnp.asarray(valid), 4)), 0.3,
                                atol=1e-6)
+
+
+def test_upsample2_matches_pytorch_bilinear(rng):
+    # the push-pull's x2 upsampling: PyTorch's bilinear interpolate with align_corners=False (half-pixel
+    # centres, replicated borders), odd sizes; float32 rounding only (tolerance 1e-6)
+    torch = pytest.importorskip("torch")
+    x = rng.random((5, 7, 3)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], scale_factor=2,
+                                          mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    out = np.asarray(render._upsample2(jnp.asarray(x), (10, 14, 3)))
+    np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
 def test_sharded_chunk_equals_single_device():

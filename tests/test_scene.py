@@ -44,19 +44,6 @@ def test_point_cloud_layer_order_fix():
     np.testing.assert_allclose(z1, 2.0 * 1.05, rtol=1e-6)
 
 
-def test_integrate_points_matches_image_euler_integration(rng):
-    # the point version of Eq. 3 must equal motion.euler_integrate sampled at the start pixels
-    h, w = 12, 14
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    flow = np.stack([0.3 + 0.02 * yy, -0.2 + 0.01 * xx], -1).astype(np.float32)
-    ref = motion.euler_integrate(jnp.asarray(flow), 6)
-    uv = np.stack([xx.ravel(), yy.ravel()], -1)
-    out = scene.integrate_points(flow[None], uv, np.zeros(h * w, np.int32), 6, border="zeros")
-    np.testing.assert_allclose(np.asarray(out["displacement"]).reshape(7, h, w, 2),
-                               np.asarray(ref["displacement"]), atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(out["valid"]).reshape(7, h, w), np.asarray(ref["valid"]))
-
-
 def test_symmetric_point_displacements_loop_property():
     h, w = 16, 16
     v = np.array([0.25, -0.1], np.float32)
@@ -68,8 +55,10 @@ def test_symmetric_point_displacements_loop_property():
     d = scene.symmetric_point_displacements(flow[None], cloud, n)
     fwd, bwd = np.asarray(d["forward"]), np.asarray(d["backward"])
     ok = np.asarray(d["forward_valid"]) & np.asarray(d["backward_valid"])
-    # constant flow: forward = t v, backward = (t - N) v, so forward - backward = N v wherever both valid
-    np.testing.assert_allclose((fwd - bwd)[ok], np.broadcast_to(n * v, fwd[ok].shape), atol=1e-5)
+    # constant flow: forward = t v, backward = (t - N) v (border "clamp": exact up to the image edge)
+    for t in range(n):
+        np.testing.assert_allclose(fwd[t][ok[t]], np.broadcast_to(t * v, fwd[t][ok[t]].shape), atol=1e-5)
+        np.testing.assert_allclose(bwd[t][ok[t]], np.broadcast_to((t - n) * v, bwd[t][ok[t]].shape), atol=1e-5)
     np.testing.assert_allclose(fwd[0], 0.0)
     np.testing.assert_allclose(np.asarray(d["time"]), np.arange(n) / n)
     assert ok[1].sum() > 0.5 * cloud.num_points
@@ -105,3 +94,56 @@ def test_build_point_cloud_rejects_bad_features():
     ldi = _ldi_single(np.ones((4, 4), np.float32), np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="features"):
         scene.build_point_cloud(ldi, features=np.zeros((1, 5, 4, 3), np.float32))
+
+
+def _bar_over_water(h=24, w=80, bar=(30, 40)):
+    """A static bar (near layer, columns bar[0]..bar[1]-1) over water (far layer) flowing right at 1 px/frame."""
+    rgba = np.ones((2, h, w, 4), np.float32)
+    visible = np.zeros((2, h, w), bool)
+    visible[0, :, bar[0]:bar[1]] = True
+    visible[1] = ~visible[0]
+    depth = np.stack([np.ones((h, w)), 3 * np.ones((h, w))]).astype(np.float32)
+    ldi = layering.LDI(rgba=rgba, depth=depth, visible=visible, edges=np.array([0.5, 2.0, 3.5]))
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[visible[1]] = (1.0, 0.0)
+    return ldi, flow
+
+
+def test_water_under_a_static_bar_keeps_flowing():
+    # Issue 7 item 7 (README "flow lifting order"): a water point 10 px upstream of a static bar moves
+    # 30 px in 30 frames (it passes behind the bar, on the water surface), not 10 px (integrating the
+    # image flow first stops it at the bar, whose flow is 0). The bar itself does not move.
+    ldi, flow = _bar_over_water()
+    fields = scene.layer_flows(flow, ldi)
+    uv = np.array([[19.0, 12.0], [19.0, 12.0], [35.0, 12.0]], np.float32)  # water, water behind bar, bar
+    out = motion.euler_integrate(fields, uv, 30, layer=np.array([1, 1, 0]), border="clamp")
+    d = np.asarray(out["displacement"])
+    np.testing.assert_allclose(d[30, 0], [30.0, 0.0], atol=1e-4)
+    np.testing.assert_allclose(d[30, 1], [30.0, 0.0], atol=1e-4)
+    np.testing.assert_allclose(d[:, 2], 0.0)
+    np.testing.assert_allclose(d[10, 0], [10.0, 0.0], atol=1e-4)  # at frame t: t px (no one-frame shift)
+    # the official order (image flow integrated first) would stop the point at the bar: documented contrast
+    image_only = motion.euler_integrate(flow, uv[:1], 30, border="clamp")
+    assert float(np.asarray(image_only["displacement"])[30, 0, 0]) < 12.0
+
+
+def test_hidden_points_move_with_their_surface_and_continuous_cuts_follow_the_image_flow():
+    # (1) inpainted points of the water layer behind the bar get the water's flow, not the bar's;
+    ldi, flow = _bar_over_water()
+    fields = scene.layer_flows(flow, ldi)
+    np.testing.assert_allclose(fields[1, :, 30:40], np.broadcast_to([1.0, 0.0], (24, 10, 2)), atol=1e-5)
+    np.testing.assert_allclose(fields[0, :, 30:40], 0.0)
+    # (2) one continuous surface (a ramp, no depth edge) split into two layers, with a flow that varies
+    # across the cut: each layer takes the image flow on the other layer's side too, so a point crossing
+    # the cut moves exactly as on the unsplit surface
+    h, w = 20, 40
+    z = np.broadcast_to(np.linspace(2.0, 2.4, w, dtype=np.float32), (h, w))
+    visible = np.stack([z < 2.2, z >= 2.2])
+    rgba = np.ones((2, h, w, 4), np.float32)
+    ldi2 = layering.LDI(rgba=rgba, depth=np.stack([z, z]).astype(np.float32), visible=visible,
+                        edges=np.array([1.9, 2.2, 2.5]))
+    jj = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
+    flow2 = np.stack([0.5 + 0.02 * jj, np.zeros((h, w), np.float32)], -1)
+    fields2 = scene.layer_flows(flow2, ldi2)
+    np.testing.assert_allclose(fields2[0], flow2, atol=1e-6)
+    np.testing.assert_allclose(fields2[1], flow2, atol=1e-6)

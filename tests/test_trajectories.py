@@ -137,7 +137,8 @@ def test_cameras_from_json_uses_io_load_cameras(tmp_path):
     cams = tr.cameras_from_json(str(path), num_frames=3)
     assert cams["num_frames"] == 3
     np.testing.assert_array_equal(np.asarray(cams["poses"]), poses[:3])
-    np.testing.assert_array_equal(np.asarray(cams["K"]), K)
+    np.testing.assert_array_equal(np.asarray(cams["K"]), np.broadcast_to(K, (3, 3, 3)))
+    np.testing.assert_array_equal(np.asarray(cams["K_source"]), K)
     np.testing.assert_array_equal(np.asarray(cams["focal_scale"]), np.ones(3))
     assert tr.cameras_from_json(str(path))["num_frames"] == 4
     with pytest.raises(ValueError, match="num_frames"):
