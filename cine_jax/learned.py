@@ -133,9 +133,9 @@ def resolve(cfg, seed=None):
             for name in names:
                 js, st = _files(directory, name)
                 if os.path.exists(js) != os.path.exists(st):
-                    missing = st if os.path.exists(js) else js
-                    raise ValueError(f"{missing}: file not found (its pair {os.path.basename(js if missing == st else st)}"
-                                     " is in the weights folder; rerun `cine-jax convert`)")
+                    missing, pair = (st, js) if os.path.exists(js) else (js, st)
+                    raise ValueError(f"{missing}: file not found (its pair {os.path.basename(pair)} is in the "
+                                     "weights folder; rerun `cine-jax convert`)")
                 have.append(os.path.exists(js))
             if any(have) and not all(have):
                 lost = [_files(directory, n)[0] for n, h in zip(names, have) if not h]
