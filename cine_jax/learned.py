@@ -211,6 +211,24 @@ def _dtype(models):
     return jnp.dtype(str(models.dtype))
 
 
+_BUILT = {}
+
+
+def _memo(key, make):
+    """A built component (its jitted functions and compiled executables) reused while its files are unchanged:
+    rerunning the pipeline with the same weights and settings does not recompile the networks."""
+    if key not in _BUILT:
+        if len(_BUILT) >= 8:
+            _BUILT.clear()
+        _BUILT[key] = make()
+    return _BUILT[key]
+
+
+def _stamp(directory, *names):
+    return tuple((os.path.abspath(p), os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                 for n in names for p in _files(directory, n))
+
+
 # ----------------------------------------------------------------------------------------------------
 # depth and inpainting
 
@@ -220,9 +238,15 @@ def dpt_estimator(config, seed=0, section=None):
     from cine_jax.nets import dpt
 
     del seed, section
-    module, variables = load(str(config.dir), "dpt", config)
-    return dpt.DPTDepthEstimator(variables, module.config, dtype=_dtype(config), net_size=int(config.dpt_net_size),
-                                 median_ksize=int(config.dpt_median_ksize))
+    d = str(config.dir)
+    key = ("dpt", _stamp(d, "dpt"), str(config.dtype), int(config.dpt_net_size), int(config.dpt_median_ksize))
+
+    def make():
+        module, variables = load(d, "dpt", config)
+        return dpt.DPTDepthEstimator(variables, module.config, dtype=_dtype(config),
+                                     net_size=int(config.dpt_net_size), median_ksize=int(config.dpt_median_ksize))
+
+    return _memo(key, make)
 
 
 def partialconv_inpainter(config, seed=0, section=None):
@@ -230,10 +254,16 @@ def partialconv_inpainter(config, seed=0, section=None):
     from cine_jax.nets import inpaint
 
     del seed, section
-    d_mod, d_var = load(str(config.dir), "inpaint_depth", config)
-    c_mod, c_var = load(str(config.dir), "inpaint_color", config)
-    return inpaint.PartialConvInpainter(d_var, c_var, depth_config=d_mod.config, color_config=c_mod.config,
-                                        dtype=_dtype(config), gaussian_sigma=float(config.inpaint_sigma))
+    d = str(config.dir)
+    key = ("partialconv", _stamp(d, "inpaint_depth", "inpaint_color"), str(config.dtype), float(config.inpaint_sigma))
+
+    def make():
+        d_mod, d_var = load(d, "inpaint_depth", config)
+        c_mod, c_var = load(d, "inpaint_color", config)
+        return inpaint.PartialConvInpainter(d_var, c_var, depth_config=d_mod.config, color_config=c_mod.config,
+                                            dtype=_dtype(config), gaussian_sigma=float(config.inpaint_sigma))
+
+    return _memo(key, make)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -254,9 +284,11 @@ class MotionNetFlow:
     def from_config(cls, config, seed=0, section=None):
         """config: the `models` section; section: the `motion` section (hint_sigma, smooth_ksize, flow_scale)."""
         del seed
-        module, variables = load(str(config.dir), "motion", config)
-        return cls(module, variables, int(config.motion_size), float(section.hint_sigma), int(section.smooth_ksize),
-                   float(section.flow_scale))
+        d = str(config.dir)
+        args = (int(config.motion_size), float(section.hint_sigma), int(section.smooth_ksize),
+                float(section.flow_scale))
+        key = ("motion", _stamp(d, "motion"), str(config.dtype), bool(config.motion_power_iteration), args)
+        return _memo(key, lambda: cls(*load(d, "motion", config), *args))
 
     def __call__(self, image, mask, hints, size):
         from cine_jax import motion as motion_lib
@@ -318,8 +350,9 @@ class ResUNetFeatures:
     def from_config(cls, config, seed=0, section=None):
         """config: the `models` section; section: the `scene` section (visible_erode, official 5)."""
         del seed
-        module, variables = load(str(config.dir), "feature_net", config)
-        return cls(module, variables, int(section.visible_erode))
+        d = str(config.dir)
+        key = ("resunet", _stamp(d, "feature_net"), str(config.dtype), int(section.visible_erode))
+        return _memo(key, lambda: cls(*load(d, "feature_net", config), int(section.visible_erode)))
 
     def __call__(self, ldi):
         import cv2
