@@ -241,3 +241,19 @@ def test_weights_errors_are_one_line_before_any_compute(weights, image, tmp_path
     assert cli.main([*base, "--weights", str(only_decoder), "--out", str(tmp_path / "o5")]) == 2
     assert "needs the learned features" in capsys.readouterr().err
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_bfloat16_option_close_to_float32(weights):
+    """models.dtype = bfloat16 (params and activations; a GPU/TPU option) against float32 on the learned
+    decoder: max |bf16 - f32| <= 5e-2 (sigmoid output in [0, 1])."""
+    rng = np.random.default_rng(3)
+    sides = [{"features": jnp.asarray(rng.random((32, 32, 37)), jnp.float32),
+              "alpha": jnp.asarray(rng.random((32, 32)), jnp.float32)} for _ in range(2)]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = _config(weights, **{"models.dtype": dtype})
+        dec = learned.resolve(cfg).build("decoder")
+        assert jax.tree_util.tree_leaves(dec.variables)[0].dtype == jnp.dtype(dtype)
+        out[dtype] = np.asarray(jax.jit(dec.decode_sides)(sides[0], sides[1], 0.4, dec.variables))
+    err = np.abs(out["bfloat16"] - out["float32"]).max()
+    assert 0 < err <= 5e-2, err
