@@ -332,7 +332,7 @@ def composite_visible_features(features, visible, size):
     f = np.asarray(features, np.float32)
     m = np.asarray(visible, np.float32)
     ph, pw = _adaptive_avg_pool_matrix(m.shape[1], f.shape[1]), _adaptive_avg_pool_matrix(m.shape[2], f.shape[2])
-    m_ds = np.einsum("ij,ljk,mk->lim", ph, m, pw)  # [L, h, w]
+    m_ds = np.matmul(np.matmul(ph, m), pw.T)  # [L, h, w] (two matmuls: a 3-operand einsum is O(L h H W w))
     num = np.einsum("lhwc,lhw->hwc", f, m_ds)
     den = m_ds.sum(0)[..., None]
     up = np.asarray(resize(jnp.asarray(np.concatenate([num, den], -1)), tuple(size), "bilinear", align_corners=True))
