@@ -2,6 +2,8 @@
 
     cine-jax sample DIR                      write the offline sample photo, its motion mask and hints
     cine-jax animate IMAGE --out DIR [...]   animate a photo: DIR/cinemagraph.mp4, .gif, preview.png
+                                             (--weights W: the learned networks converted into W)
+    cine-jax convert SRC --to DIR            official checkpoints (a file or a folder) -> converted weights
 
 Config overrides: `--config.section.key=value` (e.g. `--config.io.max_side=512`); unknown keys fail.
 Errors (clitools): a bad input file, output folder, option or config value ends with exit code 2 and one line
@@ -43,10 +45,22 @@ def _parser():
     a.add_argument("--fps", type=float, default=None, help="video frame rate (default 25)")
     a.add_argument("--save-frames", action="store_true", help="also write every frame as PNG")
     a.add_argument("--config", default="", help="config variant: '' (default), 'paper' or 'tiny'")
+    a.add_argument("--weights", default=None,
+                   help="folder of converted weights (cine-jax convert): every network found there is used "
+                        "(config models.dir; models.<component> forces a choice)")
     a.add_argument("--out", required=True, help="output folder")
     a.add_argument("--overwrite", action="store_true", help="replace the results in an output folder that holds files")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     errors.add_common_flags(a)
+
+    c = sub.add_parser("convert", help="convert official checkpoints into weights for --weights")
+    c.add_argument("src", help="an official file (model_150000.pth, sceneflow_model.pth, depth-model.pth, "
+                               "color-model.pth, dpt_hybrid-midas-501f0c75.pt), a transformers DPT folder, or a "
+                               "folder of them")
+    c.add_argument("--to", required=True, help="output folder of the converted NAME.safetensors + NAME.json")
+    c.add_argument("--kind", default=None, help="force a converter (see python -m cine_jax.convert --help)")
+    c.add_argument("--overwrite", action="store_true", help="replace converted files in a folder that holds files")
+    errors.add_common_flags(c)
     return ap
 
 
@@ -80,6 +94,8 @@ def _animate_config(args, overrides):
         cfg.trajectory.num_frames = args.frames
     if args.trajectory is not None:
         cfg.trajectory.name = args.trajectory
+    if args.weights is not None:
+        cfg.models.dir = args.weights
     if args.poses is None and cfg.trajectory.name not in trajectories.TRAJECTORIES:
         raise errors.InputError(
             f"--trajectory: unknown camera path {cfg.trajectory.name!r}; choose one of "
@@ -95,6 +111,9 @@ def cmd_animate(args, overrides):
         if path is not None and not os.path.isfile(path):
             name = "IMAGE" if flag == "image" else f"--{flag}"
             raise errors.InputError(f"{path}: file not found ({name})")
+    from cine_jax import learned
+
+    learned.resolve(cfg)  # every weights file the config asks for exists and loads, before any compute
     out = safe_out.prepare_output_dir(args.out, overwrite=args.overwrite)
 
     from cine_jax import outputs, pipeline
@@ -119,11 +138,29 @@ def cmd_animate(args, overrides):
     return 0
 
 
+def cmd_convert(args, overrides):
+    if overrides:
+        raise errors.InputError(f"{overrides[0]}: convert takes no config overrides")
+    from cine_jax import convert
+
+    if not os.path.exists(args.src):
+        raise errors.InputError(f"{args.src}: no such file or folder (SRC)")
+    if args.kind is not None and args.kind not in convert.converters():
+        raise errors.InputError(f"--kind: unknown converter {args.kind!r}; choose one of "
+                                + ", ".join(sorted(convert.converters())))
+    out = safe_out.prepare_output_dir(args.to, overwrite=args.overwrite, flag="--to")
+    for path in convert.convert(args.src, out, args.kind):
+        print(path)
+    return 0
+
+
 def _main(argv):
     known, overrides = split_overrides(argv)
     args = _parser().parse_args(known)
     if args.command == "sample":
         return cmd_sample(args)
+    if args.command == "convert":
+        return cmd_convert(args, overrides)
     return cmd_animate(args, overrides)
 
 

@@ -11,6 +11,14 @@ Official files and what they become in DIR (read back with `cine_jax.nets.checkp
     sceneflow   sceneflow_model.pth   netG (prefix motion_predictor.)       motion.{safetensors,json}
     model       model_*.pth           feature_net, img_decoder              feature_net.*, img_decoder.*
                                       (netD, optimG/D, schedG/D are training state: not converted)
+    inpaint_depth  depth-model.pth    the 3D-Photo depth net state dict     inpaint_depth.*
+    inpaint_color  color-model.pth    the 3D-Photo colour net state dict    inpaint_color.*
+    dpt_midas   dpt_hybrid*.pt(h)     MiDaS DPTDepthModel (vitb_rn50_384)   dpt.*
+    dpt_transformers  a folder with config.json (model_type "dpt", is_hybrid) and model.safetensors or
+                      pytorch_model.bin (transformers DPTForDepthEstimation)    dpt.*
+
+Which converted file enables which learned component of `cine-jax animate --weights DIR` is listed in
+`cine_jax.learned.WEIGHT_FILES`.
 
 Registry contract (add a converter with one `register_converter` call at the bottom of this module):
   - `register_converter(name, convert, patterns=(), matcher=None, description="")`
@@ -33,9 +41,9 @@ Registry contract (add a converter with one `register_converter` call at the bot
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -144,11 +152,86 @@ def _convert_model(src, out_dir):
     return written
 
 
+def _convert_inpaint(kind, name):
+    def run(src, out_dir):
+        from cine_jax.nets import checkpoints as ck
+        from cine_jax.nets import inpaint
+
+        state = ck.select_entry(ck.read_checkpoint(src), None, src)
+        module, variables = inpaint.from_state_dict(state, kind, source=src)
+        source = {"file": os.path.abspath(src), "entry": None, "prefix": ""}
+        return list(ck.save_converted(out_dir, name, module, variables, source))
+
+    return run
+
+
+def _convert_dpt_midas(src, out_dir):
+    from cine_jax.nets import checkpoints as ck
+    from cine_jax.nets import dpt
+
+    obj = ck.read_checkpoint(src)
+    config = dpt.DPTHybridConfig()  # the official file is exactly this network (vitb_rn50_384)
+    variables = dpt.dpt_params_from_midas_state_dict(obj, source=src, config=config)
+    source = {"file": os.path.abspath(src), "layout": "midas"}
+    return list(ck.save_converted(out_dir, "dpt", dpt.DPTHybrid(config), variables, source))
+
+
+def _is_transformers_dpt_folder(path):
+    cfg = os.path.join(path, "config.json")
+    if not (os.path.isdir(path) and os.path.isfile(cfg)):
+        return False
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            return json.load(f).get("model_type") == "dpt"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _convert_dpt_transformers(src, out_dir):
+    from cine_jax.nets import checkpoints as ck
+    from cine_jax.nets import dpt
+
+    cfg_path = os.path.join(src, "config.json")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config_json = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: cannot read the transformers config ({e})") from None
+    config = dpt.dpt_config_from_transformers(config_json, source=cfg_path)
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        weights = os.path.join(src, fname)
+        if os.path.isfile(weights):
+            break
+    else:
+        raise ValueError(f"{src}: the transformers DPT folder holds neither model.safetensors nor "
+                         "pytorch_model.bin (sharded checkpoints are not supported)")
+    state = ck.select_entry(ck.read_checkpoint(weights), None, weights)
+    variables = dpt.dpt_params_from_transformers_state_dict(state, source=weights, config=config)
+    source = {"file": os.path.abspath(weights), "layout": "transformers"}
+    return list(ck.save_converted(out_dir, "dpt", dpt.DPTHybrid(config), variables, source))
+
+
 register_converter(
     "sceneflow", _convert_sceneflow, ("sceneflow_model.pth",), description="motion estimator (netG)"
 )
 register_converter(
     "model", _convert_model, ("model_*.pth",), description="feature net and image decoder (model_150000.pth)"
+)
+register_converter(
+    "inpaint_depth", _convert_inpaint("depth", "inpaint_depth"), ("depth-model.pth",),
+    description="3D-Photo depth inpainting net",
+)
+register_converter(
+    "inpaint_color", _convert_inpaint("color", "inpaint_color"), ("color-model.pth",),
+    description="3D-Photo colour inpainting net",
+)
+register_converter(
+    "dpt_midas", _convert_dpt_midas, ("dpt_hybrid*.pt", "dpt_hybrid*.pth"),
+    description="MiDaS DPT-Hybrid depth (dpt_hybrid-midas-501f0c75.pt)",
+)
+register_converter(
+    "dpt_transformers", _convert_dpt_transformers, (), matcher=_is_transformers_dpt_folder,
+    description="a transformers DPTForDepthEstimation (hybrid) save_pretrained folder",
 )
 
 
@@ -156,18 +239,10 @@ register_converter(
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m cine_jax.convert", description=__doc__.splitlines()[0])
-    ap.add_argument("src", help="an official checkpoint file, or a folder of them")
-    ap.add_argument("--to", required=True, help="output folder for the converted .safetensors + .json")
-    ap.add_argument("--kind", default=None, help=f"force a converter: {sorted(_REGISTRY)}")
-    args = ap.parse_args(argv)
-    try:
-        for path in convert(args.src, args.to, args.kind):
-            print(path)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """`python -m cine_jax.convert SRC --to DIR` is `cine-jax convert` (the same checks and error path)."""
+    from cine_jax import cli
+
+    return cli.main(["convert", *(sys.argv[1:] if argv is None else list(argv))])
 
 
 if __name__ == "__main__":

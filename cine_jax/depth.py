@@ -390,6 +390,16 @@ class DepthEstimator(Protocol):
 
 ESTIMATORS = Registry("depth estimator")
 ESTIMATORS.register("heuristic", HeuristicDepth.from_config)
+
+
+def _dpt_from_config(**kwargs):
+    from cine_jax import learned
+
+    return learned.dpt_estimator(**kwargs)
+
+
+# learned DPT-Hybrid from converted weights; its factory takes the `models` section (cine_jax/learned.py)
+ESTIMATORS.register("dpt", _dpt_from_config)
 # register_estimator(name, factory) / get_estimator(name, config=..., seed=...): a factory takes the
 # `depth` section of configs/cinemagraph.py (its own settings, e.g. a local weights path, live in a
 # sub-section it adds) and a seed, and returns a DepthEstimator; select it with config depth.estimator.

@@ -214,6 +214,16 @@ class OpenCVInpainter:
 
 INPAINTERS = Registry("inpainter")
 INPAINTERS.register("opencv", OpenCVInpainter.from_config)
+
+
+def _partialconv_from_config(**kwargs):
+    from cine_jax import learned
+
+    return learned.partialconv_inpainter(**kwargs)
+
+
+# learned 3D-Photo inpainting nets; the factory takes the `models` section (cine_jax/learned.py)
+INPAINTERS.register("partialconv", _partialconv_from_config)
 # register_inpainter(name, factory) / get_inpainter(name, config=..., seed=...): a factory takes the
 # `layering` section of configs/cinemagraph.py and a seed and returns an Inpainter (e.g. the 3D-Photo
 # networks from local weights later); select it with config layering.inpainter.

@@ -25,6 +25,8 @@ from kernels.camera import pixel_grid
 from kernels.sampling import BORDER_MODES, sample_bilinear
 
 __all__ = [
+    "MOTION_ESTIMATORS",
+    "HintFlow",
     "box_sum",
     "euler_integrate",
     "flow_from_annotations",
@@ -367,3 +369,50 @@ def prepare_flow(flow, mask=None, *, smooth_ksize=0, flow_scale=1.0):
     elif mask is not None:
         flow = flow * _mask_or_ones(mask, flow.shape[:2])[..., None]
     return flow / jnp.float32(flow_scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# motion estimators: (image, mask, hints, size) -> Eulerian flow
+
+
+class HintFlow:
+    """The weight-free motion estimator: `flow_from_annotations` of the mask and hints (the image is unused).
+
+    __call__(image [H, W, 3], mask [H, W], hints, size (H, W)) -> flow [H, W, 2] px/frame. Registered in
+    MOTION_ESTIMATORS as "hints"; the learned motion net ("net", cine_jax/learned.py) has the same call.
+    """
+
+    def __init__(self, sigma=0.0, smooth_ksize=15, flow_scale=1.0):
+        self.sigma, self.smooth_ksize, self.flow_scale = sigma, smooth_ksize, flow_scale
+
+    @classmethod
+    def from_config(cls, config, seed=0):
+        """From the `motion` section of configs/cinemagraph.py (hint_sigma, smooth_ksize, flow_scale)."""
+        del seed
+        return cls(float(config.hint_sigma), int(config.smooth_ksize), float(config.flow_scale))
+
+    def __call__(self, image, mask, hints, size):
+        del image
+        return flow_from_annotations(mask, hints, size, sigma=self.sigma, smooth_ksize=self.smooth_ksize,
+                                     flow_scale=self.flow_scale)
+
+
+def _motion_net_from_config(**kwargs):
+    from cine_jax import learned
+
+    return learned.MotionNetFlow.from_config(**kwargs)
+
+
+def _registry():
+    from cine_jax.registry import Registry
+
+    reg = Registry("motion estimator")
+    reg.register("hints", HintFlow.from_config)
+    # the learned motion net; its factory takes the `models` section and section=the `motion` section
+    reg.register("net", _motion_net_from_config)
+    return reg
+
+
+MOTION_ESTIMATORS = _registry()
+register_motion_estimator = MOTION_ESTIMATORS.register
+get_motion_estimator = MOTION_ESTIMATORS.get

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cine_jax import depth as depth_lib
-from cine_jax import io, layering, motion, render, scene, trajectories
+from cine_jax import io, layering, learned, motion, render, scene, trajectories
 from configs import cinemagraph as cinemagraph_config
 from kernels import camera
 
@@ -115,8 +115,9 @@ def _rescale_hints(hints, original, size):
     return [(tuple(map(float, s)), tuple(map(float, v))) for s, v in zip(starts, vectors)]
 
 
-def _load_motion(mask, hints, flow, size, original, cfg):
-    """Returns (flow [H,W,2], mask [H,W] or None, hints list)."""
+def _load_motion(mask, hints, flow, size, original, cfg, image=None, estimator=None):
+    """Returns (flow [H,W,2], mask [H,W] or None, hints list). Hints become a flow through `estimator`
+    (motion.MOTION_ESTIMATORS: default the weight-free "hints"; the learned motion net also reads `image`)."""
     m = None
     hint_list = []
     if mask is not None:
@@ -154,29 +155,27 @@ def _load_motion(mask, hints, flow, size, original, cfg):
     if hint_list:
         if m is None:
             raise ValueError("flow hints need a motion mask (a mask file, or 'motion' polygons in the hints file)")
-        f = motion.flow_from_annotations(
-            m,
-            hint_list,
-            size,
-            sigma=cfg.motion.hint_sigma,
-            smooth_ksize=cfg.motion.smooth_ksize,
-            flow_scale=cfg.motion.flow_scale,
-        )
+        if estimator is None:
+            estimator = motion.HintFlow.from_config(cfg.motion)
+        f = estimator(image, m, hint_list, size)
         return f, m, hint_list
     if m is not None:
         raise ValueError("a motion mask needs flow hints (--hints) or a dense flow (--flow) to animate")
     return np.zeros(tuple(size) + (2,), np.float32), None, []
 
 
-def _depth(depth, image, size, original, cfg, seed):
+def _depth(depth, image, size, original, cfg, seed, components=None):
     """z-depth [H, W] at the working size and whether it was estimated.
 
     Units (ARCHITECTURE.md): depth the user gives keeps its units (explicit poses are in those units);
     estimated depth is relative, so it is normalised as the official code does: nearest pixel =
     cfg.depth.near (1)."""
     if depth is None:
-        est = depth_lib.get_estimator(cfg.depth.estimator, config=cfg.depth, seed=seed)
-        d = depth_lib.validate_depth(np.asarray(est(image), np.float32), f"{cfg.depth.estimator} depth estimate")
+        if components is None:
+            components = learned.resolve(cfg, seed)
+        est = components.build("depth")
+        name = components["depth"][0]
+        d = depth_lib.validate_depth(np.asarray(est(image), np.float32), f"{name} depth estimate")
         return (d / float(d.min()) * cfg.depth.near).astype(np.float32), True
     if _is_path(depth):
         d = io.load_depth(depth, size, image_size=original)
@@ -312,10 +311,14 @@ def animate(
     deterministic and do not use it.
     Components come from registries named by the config: depth.estimator (depth.ESTIMATORS),
     layering.inpainter (layering.INPAINTERS), scene.features (scene.FEATURES), render.decoder
-    (render.DECODERS); each factory gets its config section and the seed.
+    (render.DECODERS), motion (motion.MOTION_ESTIMATORS); each factory gets its config section and the
+    seed. With converted weights in config models.dir, cine_jax.learned.resolve switches each component
+    whose files are there to the learned network (config models.<component> forces a choice); every
+    weights file is checked and loaded before any compute.
     """
     cfg = cinemagraph_config.get_config() if config is None else config
     seed = int(cfg.seed if seed is None else seed)
+    components = learned.resolve(cfg, seed)
     timings = {}
     t0 = _time.perf_counter()
     stages = tqdm(total=6, desc="cinemagraph", disable=not progress, unit="stage")
@@ -331,10 +334,12 @@ def animate(
     img, original, _ = _as_image(image, cfg)
     size = img.shape[:2]
     h, w = size
-    flow_field, m, hint_list = _load_motion(mask, hints, flow, size, original, cfg)
+    motion_estimator = components.build("motion") if (hints is not None and flow is None) else None
+    flow_field, m, hint_list = _load_motion(mask, hints, flow, size, original, cfg, image=img,
+                                            estimator=motion_estimator)
     mark("inputs")
 
-    d, _ = _depth(depth, img, size, original, cfg, seed)
+    d, _ = _depth(depth, img, size, original, cfg, seed, components)
     scene_depth = float(d.min())  # the unit of named trajectories and of the blend's depth term
     mark("depth")
 
@@ -345,7 +350,7 @@ def animate(
     edges = layering.depth_bins(
         d, distance_threshold=lc.distance_threshold, subsample=lc.subsample, max_layers=lc.max_layers or None
     )
-    inpainter = layering.get_inpainter(lc.inpainter, config=lc, seed=seed)
+    inpainter = components.build("inpainter")
     ldi = layering.build_ldi(
         img,
         d,
@@ -361,7 +366,7 @@ def animate(
     mark("layering")
 
     sc = cfg.scene
-    features = scene.get_features(sc.features, config=sc, seed=seed)(ldi)
+    features = components.build("features")(ldi)
     cloud = scene.build_point_cloud(
         ldi,
         features=features,
@@ -381,7 +386,7 @@ def animate(
     disp = scene.symmetric_point_displacements(fields, cloud, n)
     mark("scene")
 
-    decoder = render.get_decoder(cfg.render.decoder, config=cfg.render, seed=seed)
+    decoder = components.build("decoder")
     frames, counts = render_frames(cloud, disp, P, Ks, K0, size, cfg, mesh=mesh, progress=progress,
                                    depth_unit=scene_depth, decoder=decoder)
     mark("render")
@@ -409,6 +414,7 @@ def animate(
         # steady state: rendering time after compilation over the frames rendered (incl. padding)
         "render_s_per_frame": round(counts["render_s"] / counts["frames_rendered"], 4),
         "timings_s": timings,
+        "components": {c: name for c, (name, _) in components.items()},
         "frames": n,
         "size": [h, w],
     }
@@ -454,6 +460,8 @@ def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progre
     }
     if decoder is None:
         decoder = render.get_decoder(cfg.render.decoder, config=cfg.render, seed=int(cfg.seed))
+    if hasattr(decoder, "decode_sides") and getattr(decoder, "variables", None) is not None:
+        scene_arrays["decoder_variables"] = decoder.variables  # an argument of the jitted renderer, not a constant
     fn = render.make_chunk_renderer(scene_arrays, tuple(size), opts, decoder, mesh, outputs)
     time = np.asarray(disp["time"])
     frames = {k: [] for k in outputs}

@@ -145,6 +145,20 @@ class IdentityDecoder:
 
 DECODERS = Registry("decoder")
 DECODERS.register("identity", IdentityDecoder.from_config)
+
+
+def _imgdecoder_from_config(**kwargs):
+    from cine_jax import learned
+
+    return learned.ImgDecoderRenderer.from_config(**kwargs)
+
+
+# learned ImgDecoder; the factory takes the `models` section and section=the `render` section (learned.py).
+# A decoder may also provide point_channels(z_f, z_b, valid_f, valid_b) -> per-point channels appended to the
+# splatted features of each side, and decode_sides(side_f, side_b, time, variables) -> rgb, which
+# render_frame then calls instead of decoder(features, depth, alpha, covered) (its `variables` attribute is
+# passed through the jitted renderer as an argument).
+DECODERS.register("imgdecoder", _imgdecoder_from_config)
 # register_decoder(name, factory) / get_decoder(name, config=..., seed=...): a factory takes the `render`
 # section of configs/cinemagraph.py and a seed and returns a callable with the decoder signature above (a
 # learned decoder closes over its parameters; it is called inside the jitted renderer).
@@ -192,7 +206,8 @@ def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opt
 
 def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_size, opts, decoder):
     """Render one frame. scene: dict(uv [P,2], z [P], features [P,C], K_ref [3,3] (the photo's K), and
-    optionally depth_unit (the scene's nearest depth, default 1)); disp_* [P,2] pixel displacements of the
+    optionally depth_unit (the scene's nearest depth, default 1) and decoder_variables (a learned decoder's
+    variables)); disp_* [P,2] pixel displacements of the
     forward/backward clouds; valid_* [P]; time = t/N; pose [4,4] (translation in the depth's units);
     K [3,3]. The decoder sees depth in units of depth_unit; the returned depth is in the depth's units.
 
@@ -206,10 +221,17 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     pose = pose.at[:3, 3].set(pose[:3, 3] / unit)
     slope = scene.get("slope")
     slope = None if slope is None else slope / unit
+    pts_sides = [scene_lib.displaced_points(uv, z / unit, d, K_ref) for d in (disp_f, disp_b)]  # source z kept
+    feat_sides = [feats, feats]
+    point_channels = getattr(decoder, "point_channels", None)
+    if point_channels is not None:  # per-frame point channels of a learned decoder (e.g. normalised disparity)
+        zs = [camera.transform_points(pose, p)[:, 2] for p in pts_sides]
+        ok = [v & (zz > opts["near"]) for v, zz in zip((valid_f, valid_b), zs)]
+        extra = point_channels(zs[0], zs[1], ok[0], ok[1])
+        feat_sides = [jnp.concatenate([feats, e.astype(feats.dtype)], axis=-1) for e in extra]
     out = []
-    for disp, valid in ((disp_f, valid_f), (disp_b, valid_b)):
-        pts = scene_lib.displaced_points(uv, z / unit, disp, K_ref)  # keeps the source z (official)
-        out.append(_splat_side(pts, feats, slope, valid, pose, K, K_ref, image_size, opts))
+    for pts, f_side, valid in zip(pts_sides, feat_sides, (valid_f, valid_b)):
+        out.append(_splat_side(pts, f_side, slope, valid, pose, K, K_ref, image_size, opts))
     sf, sb = out
     # blend alpha: coverage times the splatted layer alpha (RGBA channel 3) when present
     af, ab = sf["alpha"], sb["alpha"]
@@ -229,7 +251,10 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     depth = w_eff * sf["depth"] + (1 - w_eff) * sb["depth"]
     alpha = w_eff * af + (1 - w_eff) * ab
     covered = (has_f & (w_eff > 0)) | (has_b & (w_eff < 1))
-    rgb = decoder(feat, depth, alpha, covered)
+    if hasattr(decoder, "decode_sides"):  # a learned decoder that blends the two sides itself (official)
+        rgb = decoder.decode_sides(sf, sb, time, scene.get("decoder_variables"))
+    else:
+        rgb = decoder(feat, depth, alpha, covered)
     depth = depth * unit
     return {
         "rgb": rgb,

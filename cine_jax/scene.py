@@ -48,6 +48,16 @@ class RGBAFeatures:
 
 FEATURES = Registry("feature extractor")
 FEATURES.register("rgba", RGBAFeatures.from_config)
+
+
+def _resunet_from_config(**kwargs):
+    from cine_jax import learned
+
+    return learned.ResUNetFeatures.from_config(**kwargs)
+
+
+# learned feature net; the factory takes the `models` section and section=the `scene` section (learned.py)
+FEATURES.register("resunet", _resunet_from_config)
 # register_features(name, factory) / get_features(name, config=..., seed=...): a factory takes the `scene`
 # section of configs/cinemagraph.py and a seed and returns f(ldi) -> [L, H, W, C] (RGBA first).
 register_features = FEATURES.register

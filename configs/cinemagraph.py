@@ -100,6 +100,25 @@ def get_config(arg=None):
     c.trajectory.num_frames = 0  # 0 = the trajectory's official frame count
     c.trajectory.scale = 1.0  # multiplies the official magnitudes
 
+    # --- learned networks (cine_jax/learned.py; weights from `cine-jax convert`) --------------------
+    c.models = ml_collections.ConfigDict()
+    c.models.dir = ""  # folder of converted weights (`cine-jax animate --weights DIR`); "" = weight-free
+    # Per component: "auto" = the learned one when its converted files are in `dir`, otherwise the
+    # weight-free one named in its section; or a registered name, which forces that component.
+    c.models.depth = "auto"  # "dpt" (dpt.*) | "heuristic" | another name in depth.ESTIMATORS
+    c.models.inpainter = "auto"  # "partialconv" (inpaint_depth.* + inpaint_color.*) | "opencv" | ...
+    c.models.motion = "auto"  # "net" (motion.*) | "hints" (motion.MOTION_ESTIMATORS)
+    c.models.features = "auto"  # "resunet" (feature_net.*) | "rgba" | ...
+    c.models.decoder = "auto"  # "imgdecoder" (img_decoder.*; needs the feature net) | "identity" | ...
+    c.models.dtype = "float32"  # network compute + param dtype; "bfloat16" is a GPU/TPU speed option
+    c.models.decoder_blend = "official"  # "official": learned alpha on normalised disparity (official
+    #                                      ImgDecoder.forward); "eq4": the paper's Eq. 4 on depth (blend_beta)
+    c.models.motion_size = 768  # motion net input side (official motionH = motionW = 768; multiple of 256)
+    c.models.motion_power_iteration = True  # official inference runs one spectral-norm power iteration
+    c.models.dpt_net_size = 384  # DPT input: shorter side (official Resize(384, keep_aspect_ratio))
+    c.models.dpt_median_ksize = 5  # median filter of the DPT disparity (official remove_noise_in_dpt_disparity)
+    c.models.inpaint_sigma = 1.5  # Gaussian on the inpainted depth (official inpaint_depth: sigma 1.5)
+
     # --- output -------------------------------------------------------------------------------------
     c.output = ml_collections.ConfigDict()
     c.output.fps = 25.0  # official imageio.mimwrite fps
@@ -107,6 +126,7 @@ def get_config(arg=None):
 
     if arg == "tiny":
         c.io.max_side = 64
+        c.models.motion_size = 256  # the smallest the motion net takes
         c.layering.subsample = 2
         c.render.chunk = 4
         c.output.gif_max_side = 64
@@ -180,6 +200,13 @@ RANGES = {
     "render.crop": "int >= 0",
     "trajectory.num_frames": "int >= 0",
     "trajectory.scale": ">= 0",
+    "models.dtype": "one of float32|bfloat16",
+    "models.decoder_blend": "one of official|eq4",
+    "models.motion_size": "int >= 256",  # and a multiple of 256 (checked by cine_jax.learned)
+    "models.motion_power_iteration": "bool",
+    "models.dpt_net_size": "int >= 32",
+    "models.dpt_median_ksize": "int >= 1",  # odd (checked by DPTDepthEstimator)
+    "models.inpaint_sigma": "> 0",
     "output.fps": "> 0",
     "output.gif_max_side": "int >= 16",
 }

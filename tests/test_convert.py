@@ -215,10 +215,136 @@ def test_main_exit_codes(tmp_path, capsys, sceneflow_state):
 def test_importing_cine_jax_does_not_import_torch():
     code = (
         "import sys, cine_jax, cine_jax.convert, cine_jax.nets, cine_jax.nets.checkpoints, "
-        "cine_jax.nets.motion, cine_jax.nets.features, cine_jax.nets.decoder\n"
+        "cine_jax.nets.motion, cine_jax.nets.features, cine_jax.nets.decoder, cine_jax.nets.inpaint, "
+        "cine_jax.nets.dpt, cine_jax.learned, cine_jax.pipeline, cine_jax.cli\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# ------------------------------------------------------------------------ inpainting and DPT converters
+
+SMALL_INPAINT = (8, 16, 16, 16, 16, 16, 16)
+
+
+def _inpaint_file(tmp_path, kind, seed):
+    from tests.torch_reference.cine_inpaint import PartialConvUNetRef, randomize_
+
+    ref = randomize_(PartialConvUNetRef(kind, widths=SMALL_INPAINT), seed).eval()
+    path = tmp_path / ("depth-model.pth" if kind == "depth" else "color-model.pth")
+    torch.save(ref.state_dict(), path)
+    return path, ref
+
+
+@pytest.mark.parametrize("kind", ["depth", "color"])
+def test_inpaint_files_convert_with_widths_read_off_the_shapes(tmp_path, kind):
+    """Random narrow 3D-Photo nets in the official layout (plain state dict) -> convert -> load_converted ->
+    forward_3p equals the PyTorch reference (relative error <= 1e-4, 40 x 56 padded to 128 x 128)."""
+    import jax
+
+    from cine_jax.nets import inpaint as ip
+
+    path, ref = _inpaint_file(tmp_path, kind, seed=3)
+    written = C.convert(path, tmp_path / "out")
+    name = "inpaint_depth" if kind == "depth" else "inpaint_color"
+    assert sorted(os.path.basename(p) for p in written) == [f"{name}.json", f"{name}.safetensors"]
+    module, variables = ck.load_converted(tmp_path / "out" / name, expected_class="PartialConvUNet")
+    assert module.config.widths == SMALL_INPAINT and module.config.out_sigmoid == (kind == "color")
+    cin = module.config.in_channels
+    x = np.random.default_rng(0).normal(size=(1, 40, 56, cin)).astype(np.float32)
+    x[..., -2] = (np.random.default_rng(1).random((40, 56)) > 0.4)
+    x[..., -1] = 1.0 - x[..., -2]
+    with torch.no_grad():
+        want = ref.forward_3p(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(jax.jit(lambda v, a: ip.forward_3p(module, v, a))(variables, x))
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+def test_inpaint_truncated_and_wrong_shape(tmp_path):
+    path, ref = _inpaint_file(tmp_path, "color", seed=4)
+    data = path.read_bytes()
+    bad = tmp_path / "trunc" / "color-model.pth"
+    bad.parent.mkdir()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"color-model.pth: cannot read PyTorch checkpoint, truncated"):
+        C.convert(bad, tmp_path / "out")
+    sd = dict(ref.state_dict())
+    sd["dec_3A.bn.running_var"] = torch.ones(17)
+    torch.save(sd, path)
+    with pytest.raises(ValueError) as e:
+        C.convert(path, tmp_path / "out")
+    assert str(e.value).startswith(str(path))
+    assert "dec_3A.bn.running_var has shape (17,), expected (16,)" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_dpt_folder(tmp_path_factory):
+    """A random tiny hybrid transformers DPTForDepthEstimation saved with save_pretrained."""
+    transformers = pytest.importorskip("transformers")
+    from tests.test_nets_dpt import randomize_, tiny_hf_config
+
+    torch.manual_seed(0)
+    model = randomize_(transformers.DPTForDepthEstimation(tiny_hf_config()), 1)
+    folder = tmp_path_factory.mktemp("dpt") / "dpt-hybrid-tiny"
+    model.save_pretrained(str(folder))
+    return folder, model
+
+
+def test_transformers_dpt_folder_converts_and_matches(tmp_path, tiny_dpt_folder):
+    """The folder is recognised by its config.json; the converted DPT equals transformers' PyTorch model
+    (an independent implementation) within relative error 1e-4 on a 64 x 64 input."""
+    import jax
+
+    folder, model = tiny_dpt_folder
+    written = C.convert(folder, tmp_path / "out")
+    assert sorted(os.path.basename(p) for p in written) == ["dpt.json", "dpt.safetensors"]
+    module, variables = ck.load_converted(tmp_path / "out" / "dpt.json", expected_class="DPTHybrid")
+    assert module.config.head_align_corners and module.config.hidden_size == 32
+    x = np.random.default_rng(2).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).predicted_depth.numpy()
+    got = np.asarray(jax.jit(module.apply)(variables, x))
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+def test_midas_dpt_file_errors_name_the_key_and_expected_shape(tmp_path, tiny_dpt_folder):
+    """The MiDaS file is the official DPT-Hybrid (config fixed): a file of another size is refused with the
+    key and the official shape; a truncated file is a clear error."""
+    from tests.test_nets_dpt import midas_state_dict_from_transformers
+
+    _, model = tiny_dpt_folder
+    sd = midas_state_dict_from_transformers(model.state_dict(), 4, 32)
+    path = tmp_path / "dpt_hybrid-midas-501f0c75.pt"
+    torch.save({k: v.contiguous() for k, v in sd.items() if ".head." not in k}, path)
+    with pytest.raises(ValueError) as e:
+        C.convert(path, tmp_path / "out")
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "missing key(s): pretrained.model" in msg
+    assert "pretrained.model.blocks.3.attn.qkv.weight has shape (96, 32), expected (2304, 768)" in msg
+    data = path.read_bytes()
+    path.write_bytes(data[:1000])
+    with pytest.raises(ValueError, match="truncated or not a weights file"):
+        C.convert(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert_subcommand(tmp_path, capsys, sceneflow_state):
+    from cine_jax import cli
+
+    src, _ = sceneflow_state
+    out = tmp_path / "w"
+    assert cli.main(["convert", src, "--to", str(out)]) == 0
+    assert "motion.safetensors" in capsys.readouterr().out
+    assert cli.main(["convert", src, "--to", str(out)]) == 2  # the folder holds results now
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["convert", src, "--to", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert cli.main(["convert", str(tmp_path / "none.pth"), "--to", str(tmp_path / "w2")]) == 2
+    assert "none.pth: no such file or folder (SRC)" in capsys.readouterr().err
+    assert cli.main(["convert", src, "--to", str(tmp_path / "w3"), "--kind", "nope"]) == 2
+    assert "--kind: unknown converter 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "w2").exists() and not (tmp_path / "w3").exists()

@@ -18,8 +18,10 @@ Converted output (written by `save_converted`, read by `load_converted`), for a 
     DIR/NAME.json          {"format": "cine-jax-flax", "version": 1, "module": "cine_jax.nets.x:Class",
                             "config": {module dataclass fields}, "source": {...}, "num_params": int}
 Contract for a module class that is converted: its dataclass fields are JSON-serialisable (dtypes are
-written as names and restored), and it has a method `dummy_inputs()` returning a tuple of small arrays
-that `init` accepts (used to build the variable template without real data).
+written as names and restored; a field holding a frozen config dataclass, e.g. PartialConvUNetConfig, is
+written as a dict of its fields and rebuilt with the class of the field's default), and it has a method
+`dummy_inputs()` returning a tuple of small arrays that `init` accepts (used to build the variable template
+without real data).
 """
 
 from __future__ import annotations
@@ -239,11 +241,17 @@ def module_config(module):
         value = getattr(module, f.name)
         if f.name.endswith("dtype"):
             value = jnp.dtype(value).name
+        elif dataclasses.is_dataclass(value):  # an architecture config (PartialConvUNetConfig, DPTHybridConfig)
+            value = {f2.name: _jsonable(getattr(value, f2.name)) for f2 in dataclasses.fields(value)}
         elif isinstance(value, tuple):
             value = list(value)
         cfg[f.name] = value
     json.dumps(cfg)  # fail early on anything that would not round-trip
     return cfg
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _module_from_config(class_path, config, overrides, path):
@@ -259,8 +267,14 @@ def _module_from_config(class_path, config, overrides, path):
     for k, v in {**config, **overrides}.items():
         if k not in fields:
             _fail(path, f"config key {k!r} is not an argument of {clsname}")
+        default = fields[k].default
         if k.endswith("dtype"):
             v = jnp.dtype(v)
+        elif dataclasses.is_dataclass(default) and isinstance(v, dict):
+            try:
+                v = type(default)(**{n: tuple(x) if isinstance(x, list) else x for n, x in v.items()})
+            except (TypeError, ValueError) as e:
+                _fail(path, f"config key {k!r}: {e}")
         elif isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v

@@ -315,6 +315,10 @@ class DPTHybrid(nn.Module):
     config: DPTHybridConfig = DPTHybridConfig()
     dtype: Any = jnp.float32
 
+    def dummy_inputs(self):
+        """One zero 32 x 32 input (checkpoints.variable_template)."""
+        return (jnp.zeros((1, 32, 32, 3), jnp.float32),)
+
     @nn.compact
     def __call__(self, pixels):
         cfg, dt = self.config, self.dtype

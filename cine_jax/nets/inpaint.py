@@ -51,6 +51,8 @@ __all__ = [
     "PartialConvUNetConfig",
     "check_state_dict",
     "clamp_inpainted_depth",
+    "config_from_state_dict",
+    "from_state_dict",
     "compose_inpainted_color",
     "crop_from_multiple",
     "forward_3p",
@@ -210,6 +212,11 @@ class PartialConvUNet(nn.Module):
 
     config: PartialConvUNetConfig = DEPTH_NET
     dtype: Any = jnp.float32
+
+    def dummy_inputs(self):
+        """One zero input of the smallest size the net takes (checkpoints.variable_template)."""
+        unit = 2**self.config.levels
+        return (jnp.zeros((1, unit, unit, self.config.in_channels), jnp.float32),)
 
     @nn.compact
     def __call__(self, x):
@@ -513,6 +520,62 @@ def partial_conv_unet_params_from_torch_state_dict(state_dict, *, source, config
             params[name]["bn"] = {"scale": sd[f"{name}.bn.weight"], "bias": sd[f"{name}.bn.bias"]}
             stats[name] = {"bn": {"mean": sd[f"{name}.bn.running_mean"], "var": var}}
     return {"params": params, "batch_stats": stats}
+
+
+def config_from_state_dict(state_dict, kind, *, source):
+    """PartialConvUNetConfig read off an official state dict's shapes (levels, widths, kernels, biases), so
+    that narrow test networks convert too. kind: "depth" (Inpaint_Depth_Net: raw output, decoders dec_k) or
+    "color" (Inpaint_Color_Net: sigmoid output, decoders dec_kA below level 6). The full key / shape check
+    of `partial_conv_unet_params_from_torch_state_dict` then validates every tensor against it."""
+    if kind not in ("depth", "color"):
+        raise ValueError(f"config_from_state_dict: kind must be 'depth' or 'color', got {kind!r}")
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{source}: expected a state dict (mapping of names to arrays), got "
+                         f"{type(state_dict).__name__}")
+    base = DEPTH_NET if kind == "depth" else COLOR_NET
+    levels = 0
+    while f"enc_{levels + 1}.conv.input_conv.weight" in state_dict:
+        levels += 1
+    if levels == 0:
+        raise ValueError(f"{source}: missing key enc_1.conv.input_conv.weight (expected shape "
+                         f"{(base.widths[0], base.in_channels, base.enc_kernels[0], base.enc_kernels[0])}); not a "
+                         f"3D-Photo {kind} inpainting network")
+    shapes = [tuple(np.shape(state_dict[f"enc_{i + 1}.conv.input_conv.weight"])) for i in range(levels)]
+    for i, s in enumerate(shapes):
+        if len(s) != 4 or s[2] != s[3]:
+            raise ValueError(f"{source}: enc_{i + 1}.conv.input_conv.weight has shape {s}, expected "
+                             "[out, in, k, k]")
+    dec_names = []
+    for level in range(levels, 0, -1):
+        alt = f"dec_{level}A"
+        dec_names.append(alt if f"{alt}.conv.input_conv.weight" in state_dict else f"dec_{level}")
+    last = f"{dec_names[-1]}.conv.input_conv.weight"
+    if last not in state_dict or len(np.shape(state_dict[last])) != 4:
+        raise ValueError(f"{source}: missing key {last} (expected shape [{base.out_channels}, ...]); not a "
+                         f"3D-Photo {kind} inpainting network")
+    unit = 2**levels
+    try:
+        return PartialConvUNetConfig(
+            in_channels=int(shapes[0][1]), out_channels=int(np.shape(state_dict[last])[0]),
+            widths=tuple(int(s[0]) for s in shapes), enc_kernels=tuple(int(s[2]) for s in shapes),
+            enc_bias=tuple(f"enc_{i + 1}.conv.input_conv.bias" in state_dict for i in range(levels)),
+            dec_names=tuple(dec_names), out_sigmoid=base.out_sigmoid,
+            pad_multiple=base.pad_multiple if base.pad_multiple % unit == 0 else unit,
+            bn_eps=base.bn_eps, leaky_slope=base.leaky_slope)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def from_state_dict(state_dict, kind, *, source, dtype=jnp.float32):
+    """(PartialConvUNet, variables) from an official `depth-model.pth` (kind "depth") or `color-model.pth`
+    (kind "color") state dict, with the architecture read off the shapes (`config_from_state_dict`)."""
+    config = config_from_state_dict(state_dict, kind, source=source)
+    want = (4, 1) if kind == "depth" else (6, 3)
+    if (config.in_channels, config.out_channels) != want:
+        raise ValueError(f"{source}: a {kind} inpainting net maps {want[0]} channels to {want[1]}, this one "
+                         f"{config.in_channels} to {config.out_channels}")
+    variables = partial_conv_unet_params_from_torch_state_dict(state_dict, source=source, config=config)
+    return PartialConvUNet(config, dtype=dtype), variables
 
 
 def inpaint_depth_net_params_from_torch_state_dict(state_dict, *, source, config=DEPTH_NET):
