@@ -355,8 +355,12 @@ def gaussian_blur(image, kernel_size=9, sigma=None):
 
 
 def normal_smooth_loss(normal_image, kernel_size=9):
-    """MSE between a normal image [..., H, W, 3] and its (detached) Gaussian blur (official kernel 9)."""
-    blurred = jax.lax.stop_gradient(gaussian_blur(normal_image, kernel_size))
+    """MSE between a normal image [..., H, W, 3] and its Gaussian blur (official kernel 9).
+
+    Official `F.mse_loss(pred, TF.gaussian_blur(pred, 9))`: the gradient flows through the blurred
+    image too (not detached), i.e. d/dx mean((x - Gx)^2) = 2 (I - G)^T (x - Gx) / n.
+    """
+    blurred = gaussian_blur(normal_image, kernel_size)
     return jnp.mean((normal_image - blurred) ** 2)
 
 

@@ -185,6 +185,37 @@ def test_normal_regularisers_closed_form():
     np.testing.assert_allclose(render.normal_smooth_loss(jnp.asarray(x)), np.mean((x - ref) ** 2), rtol=1e-4)
 
 
+def _torch_gaussian_blur(x, kernel_size=9):
+    """torchvision.transforms.functional.gaussian_blur written from its documented definition:
+    sigma = 0.3 ((k - 1) / 2 - 1) + 0.8, separable normalised kernel, reflect padding, per channel."""
+    import torch
+
+    sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+    half = (kernel_size - 1) * 0.5
+    t = torch.linspace(-half, half, kernel_size, dtype=torch.float64)
+    k1 = torch.exp(-0.5 * (t / sigma) ** 2)
+    k1 = k1 / k1.sum()
+    k2 = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, kernel_size, kernel_size)
+    p = kernel_size // 2
+    xp = torch.nn.functional.pad(x, [p, p, p, p], mode="reflect")
+    return torch.nn.functional.conv2d(xp, k2, groups=x.shape[1])
+
+
+def test_normal_smooth_loss_gradient_matches_torch(rng):
+    """Official F.mse_loss(x, TF.gaussian_blur(x, 9)) keeps the blur in the graph: value and gradient
+    vs a PyTorch float64 reference (tolerance 1e-6 relative to the largest gradient entry)."""
+    import torch
+
+    x = rng.random((2, 11, 13, 3)).astype(np.float32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    loss_t = torch.nn.functional.mse_loss(xt, _torch_gaussian_blur(xt))
+    loss_t.backward()
+    g_ref = xt.grad.numpy().transpose(0, 2, 3, 1)
+    val, g = jax.value_and_grad(render.normal_smooth_loss)(jnp.asarray(x))
+    np.testing.assert_allclose(float(val), float(loss_t), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), g_ref, atol=1e-6 * np.abs(g_ref).max())
+
+
 def test_regularisers_weights_and_ramp():
     import ml_collections
 
