@@ -214,6 +214,28 @@ def _masked_mean(x, mask):
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def binary_entropy(weights):
+    """Elementwise binary entropy in bits of values clipped to [1e-5, 1 - 1e-5] (official clamp)."""
+    a = jnp.clip(jnp.asarray(weights, jnp.float32), _ENTROPY_EPS, 1.0 - _ENTROPY_EPS)
+    return -(a * jnp.log2(a) + (1.0 - a) * jnp.log2(1.0 - a))
+
+
+def orientation_penalty(weights, normals, directions):
+    """Per-ray sum_s sg(w_s) max(0, n_s . d)^2 ([R]); orientation_loss is its mean over the samples.
+
+    weights [R, S]; normals [R, S, 3]; directions [R, 3] or [R, S, 3] unit viewing directions.
+    """
+    weights = jax.lax.stop_gradient(jnp.asarray(weights, jnp.float32))
+    normals = jnp.asarray(normals, jnp.float32)
+    directions = jnp.asarray(directions, jnp.float32)
+    _check_last_dim("normals", normals, 3)
+    _check_last_dim("directions", directions, 3)
+    if directions.ndim == normals.ndim - 1:
+        directions = directions[..., None, :]
+    cos = jnp.sum(normals * directions, axis=-1)
+    return jnp.sum(weights * jnp.square(jnp.maximum(cos, 0.0)), axis=-1)
+
+
 def opacity_entropy(weights, mask=None):
     """Binary entropy (in bits) of per-sample weights (or per-ray opacities), averaged.
 
@@ -228,9 +250,7 @@ def opacity_entropy(weights, mask=None):
     Returns:
       scalar float32.
     """
-    a = jnp.clip(jnp.asarray(weights, jnp.float32), _ENTROPY_EPS, 1.0 - _ENTROPY_EPS)
-    ent = -(a * jnp.log2(a) + (1.0 - a) * jnp.log2(1.0 - a))
-    return _masked_mean(ent, mask)
+    return _masked_mean(binary_entropy(weights), mask)
 
 
 def orientation_loss(weights, normals, directions, mask=None):

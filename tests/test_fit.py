@@ -48,7 +48,7 @@ def _one_device_step(cfg, dataset):
     """Dataset, training rays, model, optimiser and the jitted 1-device train step for a tiny config."""
     data = fit_lib.load_dataset(dataset)
     rays = fit_lib.frame_rays(data, "train")
-    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
+    rays = {k: rays[k] for k in fit_lib.TRAIN_RAY_KEYS}
     model = field_from_config(cfg)
     opt = fit_lib.make_optimizer(cfg)
     step = fit_lib.make_train_step(cfg, model, opt, rays, data["background"], fit_lib.make_mesh(1))
@@ -207,32 +207,45 @@ def test_level_mask_zeroes_fine_level_gradients_early(dataset):
     np.testing.assert_array_equal(np.asarray(fit_lib.fit_level_mask(cfg, 11)), [1, 1, 1, 1])
 
 
-def test_fit_regularisers_match_render_regularisers(dataset):
-    """With fit.lambda_entropy/lambda_orient > 0 the step's logged terms equal four_d.render.regularisers
-    on the same rays (recomputed here from the same keys); normal-image terms are never on in fit."""
-    cfg = tiny(batch_rays=64, lambda_entropy=1e-3, lambda_orient=1e-2, iterations=10, level_mask_iters=0)
+def test_step_renders_lambertian_with_the_official_light_and_regularisers(dataset):
+    """fit.shading = "lambertian": the step's loss terms equal an independent recomputation of the same
+    batch rendered with the official light normalize(rays_o + g), g ~ N(0, I) from the step's light
+    key, in one render_rays call (no chunks); the orientation term against NumPy on its per-sample
+    arrays. A headlight (the old default) or a fixed light gives another MSE."""
+    cfg = tiny(batch_rays=64, lambda_entropy=1e-3, lambda_orient=1e-2, iterations=10, level_mask_iters=0,
+               shading="lambertian", ambient=0.2)
+    cfg.render.jitter = False  # chunked and unchunked renders then place the same samples
     reg = fit_lib.fit_regularisers(cfg)
-    assert reg.lambda_normal_tv == 0 and reg.lambda_normal_smooth == 0
+    assert reg["lambda_normal_tv"] == 0 and reg["lambda_normal_smooth"] == 0
     data, rays, model, opt, step = _one_device_step(cfg, dataset)
     state = fit_lib.init_state(cfg, model, opt)
+    state["params"] = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(2), a.shape),
+                                   state["params"])
     state["step"] = jnp.int32(3)
     params = jax.tree.map(jnp.copy, state["params"])
     _, m = step(state, rays)
     # independent recomputation of the step's batch and render
-    k_frame, k_pix, k_render, _ = jax.random.split(fit_lib.step_key(cfg.seed, 3), 4)
+    k_frame, k_pix, _, _, k_light = jax.random.split(fit_lib.step_key(cfg.seed, 3), 5)
     f = jax.random.randint(k_frame, (64,), 0, rays["rgb"].shape[0])
     p = jax.random.randint(k_pix, (64,), 0, rays["rgb"].shape[1])
-    d = rays["directions"][f, p]
-    out = render.render_rays(render.make_field_apply(model), params, rays["origins"][f, p], d, rays["times"][f],
-                             k_render, num_samples=cfg.render.num_samples, bg=jnp.asarray(data["background"]),
-                             compute_normals=True)
+    o, d = rays["origins"][f, p], rays["directions"][f, p]
+    g = jax.random.normal(k_light, (3,))
+    light = (o + g) / jnp.linalg.norm(o + g, axis=-1, keepdims=True)
+    kw = dict(num_samples=cfg.render.num_samples, bg=jnp.asarray(data["background"]), compute_normals=True,
+              shading="lambertian", ambient=0.2, jitter=False, optical_axis=rays["axes"][f])
+    out = render.render_rays(render.make_field_apply(model), params, o, d, rays["times"][f], None,
+                             light_dir=light, **kw)
+    mse = float(jnp.mean((out["rgb"] - rays["rgb"][f, p]) ** 2))
+    np.testing.assert_allclose(float(m["mse"]), mse, rtol=1e-4)
     w = np.asarray(out["weights"], np.float64)
     n = np.asarray(out["normals"], np.float64)
     orient = np.mean(w * np.maximum(0.0, np.einsum("rsk,rk->rs", n, np.asarray(d, np.float64))) ** 2)
     np.testing.assert_allclose(float(m["orient"]), 1e-2 * orient, rtol=1e-3, atol=1e-9)
-    terms = render.regularisers(out, d, reg, step=3, iterations=10)
+    terms = render.regularisers(out, reg, num_samples=cfg.render.num_samples, step=3, iterations=10)
     np.testing.assert_allclose(float(m["entropy"]), float(terms["entropy"]), rtol=1e-4)
     assert float(m["entropy"]) > 0
+    head = render.render_rays(render.make_field_apply(model), params, o, d, rays["times"][f], None, **kw)
+    assert abs(float(jnp.mean((head["rgb"] - rays["rgb"][f, p]) ** 2)) - mse) > 1e-4 * mse
 
 
 def test_four_device_step_equals_one_device(dataset):
@@ -241,7 +254,7 @@ def test_four_device_step_equals_one_device(dataset):
     cfg = tiny(batch_rays=64)
     data = fit_lib.load_dataset(dataset)
     rays = fit_lib.frame_rays(data, "train")
-    rays = {k: rays[k] for k in ("origins", "directions", "rgb", "times")}
+    rays = {k: rays[k] for k in fit_lib.TRAIN_RAY_KEYS}
     model = field_from_config(cfg)
     opt = fit_lib.make_optimizer(cfg)
     outs = []
