@@ -245,9 +245,9 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
     step from step_key(seed, step) and sharded over mesh axis "data".
 
     Rendering: four_d.render.render_rays_chunked, render.train_chunk rays per chunk under
-    jax.checkpoint when render.remat (memory bounded by a chunk). The shading mode (fit.shading) and
-    ambient (fit.ambient) enter as traced values (one lax.switch), and non-albedo shading is lit with
-    the official light normalize(rays_o + g), g ~ N(0, I) drawn from the step key every step.
+    jax.checkpoint when render.remat (memory bounded by a chunk). The shading mode is fit.shading
+    (ambient fit.ambient) and non-albedo shading is lit with the official light normalize(rays_o + g),
+    g ~ N(0, I) drawn from the step key every step.
 
     With config.fit.use_occupancy, the step first refreshes state["occupancy"] when
     occupancy_schedule says so (decay + max, key occupancy_key(seed, step)), then renders with
@@ -292,7 +292,9 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
         axis = shard(rays["axes"][f])
         light = field_lib.jittered_light(k_light, o)  # official: one N(0, I) draw per step
         level_mask = fit_level_mask(config, step)
-        shading = jnp.int32(mode)  # traced: the same program serves every mode
+        # fit's shading is constant for a run: a static mode compiles only its branch (the SDS stages
+        # pass a traced index instead, so one program serves their whole shading schedule)
+        shading = render_lib.SHADING_MODES[mode]
         new = {}
 
         def make_loss(occupancy, num_samples):

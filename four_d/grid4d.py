@@ -8,9 +8,11 @@ tiled GridEncoders; for t in [0, 1], g = t (T - 1) and
 Only the two neighbouring grids are gathered per point: the T tables live in one [T, E, F] parameter,
 the trilinear corner rows e of every level are computed once, and ONE gather reads the table at the
 (time grid, row) pairs (floor g, e) and (ceil g, e) of every corner ([N, L, 8, 2] pairs; its
-gradient is one scatter-add). The table is never flattened to [T E, F]: a flat row offset t E
-overflows int32 once T E >= 2^31 (a dense grid with max_dense_resolution >= 152 and T = 64 is a
-16.5 GiB table that fits on one large GPU), while e < E < 2^31 is guaranteed by GridSpec.
+gradient is one scatter-add). A flat row offset t E overflows int32 once T E >= 2^31 (a dense grid
+with max_dense_resolution >= 152 and T = 64 is a 16.5 GiB table that fits on one large GPU), so
+such tables are indexed with (t, e) pairs of the [T, E, F] table (e < E < 2^31 is guaranteed by
+GridSpec); smaller ones (checked statically) use the flat index of the [T E, F] view, which is the
+faster gather on CPU.
 """
 
 import dataclasses
@@ -41,6 +43,10 @@ def _check_level_mask(level_mask, num_levels):
             f"four_d/grid4d.py: level_mask must have shape ({num_levels},), got {level_mask.shape}"
         )
     return level_mask
+
+
+# Below this many rows in total the flat row index t E + e is a safe int32.
+_FLAT_LIMIT = 2**31
 
 
 def time_grid_pair(t, num_time_grids):
@@ -101,8 +107,15 @@ class Grid4D(nn.Module):
         else:
             t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (n,))
             pair, frac = time_grid_pair(t, num_t)
-            # one gather of (time grid, row) pairs: [N, L, 8, 2, F]
-            both = tables.at[pair[:, None, None, :], rows[..., None]].get(mode="fill").astype(jnp.float32)
+            if num_t * spec.total_entries < _FLAT_LIMIT:
+                # the flat row t E + e fits int32 (checked statically): one gather from the [T E, F] view,
+                # measurably faster on CPU than a 2-index gather
+                flat = tables.reshape(num_t * spec.total_entries, spec.features_per_level)
+                idx = pair[:, None, None, :] * spec.total_entries + rows[..., None]
+                both = flat.at[idx].get(mode="fill").astype(jnp.float32)  # [N, L, 8, 2, F]
+            else:
+                # one gather of (time grid, row) pairs from the [T, E, F] table: no t E product
+                both = tables.at[pair[:, None, None, :], rows[..., None]].get(mode="fill").astype(jnp.float32)
             v_lo, v_hi = both[..., 0, :], both[..., 1, :]
             # lerp form: exactly v_lo when both grids agree (a copied static grid renders bit-identically).
             vals = v_lo + frac[:, None, None, None] * (v_hi - v_lo)
