@@ -392,6 +392,20 @@ def make_renderer(config, model, h, w, background, mesh=None, occupancy=None):
     return lambda params, pose, K, t: fn(params, pose, K, jnp.float32(t), None)
 
 
+def replicate(tree, sharding):
+    """Every leaf as a global array replicated on `sharding` (a NamedSharding with spec P()).
+
+    Built from the host value with make_array_from_callback, which also works when the mesh spans
+    several processes (every process holds the same value and fills its own devices); device_put of
+    a process-local array onto devices of other processes does not.
+    """
+    def one(a):
+        host = np.asarray(jax.device_get(a))
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
+
+
 def is_main_process():
     """True on the process that writes files (metrics, config/results JSON, videos): process 0."""
     return jax.process_index() == 0
@@ -452,8 +466,8 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     rep = NamedSharding(mesh, P())
     model = field_from_config(config)
     optimizer = make_optimizer(config)
-    rays = jax.device_put(frame_rays(data, "train"), rep)
-    rays = {k: v for k, v in rays.items() if k in TRAIN_RAY_KEYS}
+    rays = frame_rays(data, "train")
+    rays = replicate({k: v for k, v in rays.items() if k in TRAIN_RAY_KEYS}, rep)
 
     mngr = checkpoint_manager(out_dir, config)
     state = None
@@ -464,7 +478,7 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     start_fresh = state is None
     if start_fresh:
         state = init_state(config, model, optimizer)
-    state = jax.device_put(state, rep)
+    state = replicate(state, rep)
     if is_main_process():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             f.write(config.to_json(indent=1))

@@ -310,7 +310,8 @@ def test_cli_make_scene_and_fit(tmp_path):
 def test_cli_distributed_initialises_before_fit(monkeypatch, tmp_path):
     """--distributed calls jax.distributed.initialize() before the fit builds its mesh (stubs record order)."""
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append("initialize"))
+    monkeypatch.setenv("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")  # keeps this process's config untouched
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(("initialize", k)))
     monkeypatch.setattr(fit_lib, "make_mesh", lambda n=None: calls.append("mesh"))
 
     def fake_fit(*a, **k):
@@ -318,8 +319,12 @@ def test_cli_distributed_initialises_before_fit(monkeypatch, tmp_path):
         return {"params": None, "occupancy": None, "iterations": 0}
 
     monkeypatch.setattr(fit_lib, "fit", fake_fit)
-    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny", "--distributed"]) == 0
-    assert calls == ["initialize", "mesh", "fit"]
+    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny", "--distributed",
+                     "--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "1"]) == 0
+    assert calls == [("initialize", dict(coordinator_address="localhost:1234", num_processes=2, process_id=1)),
+                     "mesh", "fit"]
     calls.clear()
+    with pytest.raises(SystemExit, match="need --distributed"):
+        cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--process-id", "1"])
     assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny"]) == 0
     assert calls == ["mesh", "fit"]
