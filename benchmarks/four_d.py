@@ -136,7 +136,8 @@ def lambertian_rows(bench, args):
     if args.before_commit:
         tmp = tempfile.mkdtemp(prefix="four_d_before_")
         try:
-            arch = subprocess.run(["git", "-C", repo, "archive", args.before_commit, "four_d", "kernels", "configs"],
+            arch = subprocess.run(["git", "-C", args.repo or repo, "archive", args.before_commit, "four_d", "kernels",
+                                   "configs"],
                                   capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", tmp], input=arch, check=True)
             r = _run_snippet(tmp, rays, samples, args.repeats)
@@ -263,6 +264,7 @@ def main(argv=None):
     p.add_argument("--lam-chunk", type=int, default=1024)
     p.add_argument("--before-commit", default="76306b7",
                    help="git commit of the 'before' lambertian row (pre-issue-8 main); '' skips it")
+    p.add_argument("--repo", default=None, help="git checkout holding --before-commit (default: this one)")
     args = p.parse_args(argv)
 
     cfg = get_config(args.config)
