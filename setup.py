@@ -49,7 +49,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(
-        include=["cine_jax", "cine_jax.*", "four_d", "four_d.*", "kernels", "kernels.*", "configs", "configs.*"]
+        include=[
+            "cine_jax", "cine_jax.*", "four_d", "four_d.*", "kernels", "kernels.*", "configs", "configs.*",
+            "clitools", "clitools.*",
+        ]
     ),
     package_data={"cine_jax": ["assets/*"]},
     install_requires=INSTALL_REQUIRES,

@@ -602,9 +602,14 @@ def _load_npy(path):
 def _read_png_disparity(path):
     with open(path, "rb") as f:
         data = f.read()
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr = None
+    if data:
+        try:
+            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            arr = None
     if arr is None:
-        _fail(path, "unreadable PNG")
+        _fail(path, "unreadable PNG" if data else "empty file")
     if arr.ndim == 3:
         if not (np.all(arr[..., 0] == arr[..., 1]) and np.all(arr[..., 1] == arr[..., 2])):
             _fail(path, f"disparity PNG must be single-channel, got {arr.shape[2]} distinct channels")

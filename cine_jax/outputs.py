@@ -1,11 +1,11 @@
 """Writing a cinemagraph's outputs: video, GIF, frames, and pictures of every intermediate."""
 
-import json
 import os
 
 import numpy as np
 
 from cine_jax import io, viz
+from clitools import outputs as safe_out
 
 
 def crop_frames(frames, crop):
@@ -35,24 +35,31 @@ def preview_sheet(result, num_frames=4, tile=256):
 
 def write_outputs(result, out_dir, cfg, save_frames=False):
     """Write DIR/cinemagraph.mp4, cinemagraph.gif, preview.png, depth.png, flow.png, stats.json
-    (and frames/ when save_frames). Returns a dict of the written paths."""
+    (and frames/ when save_frames). Returns a dict of the written paths.
+
+    Each file is written under a temporary name and renamed when complete (clitools.outputs), so a killed
+    run leaves no truncated video or stats file that looks complete.
+    """
     os.makedirs(out_dir, exist_ok=True)
     frames = crop_frames(result.frames, int(cfg.render.crop))
+    writers = {
+        "video": ("cinemagraph.mp4", lambda p: io.write_video(p, frames, fps=cfg.output.fps)),
+        "gif": (
+            "cinemagraph.gif",
+            lambda p: io.write_gif(p, frames, fps=cfg.output.fps, max_side=cfg.output.gif_max_side),
+        ),
+        "preview": ("preview.png", lambda p: io.write_png(p, preview_sheet(result))),
+        "depth": ("depth.png", lambda p: io.write_png(p, viz.depth_to_color(result.depth))),
+        "flow": ("flow.png", lambda p: io.write_png(p, viz.flow_to_color(result.flow))),
+    }
     paths = {}
-    paths["video"] = os.path.join(out_dir, "cinemagraph.mp4")
-    io.write_video(paths["video"], frames, fps=cfg.output.fps)
-    paths["gif"] = os.path.join(out_dir, "cinemagraph.gif")
-    io.write_gif(paths["gif"], frames, fps=cfg.output.fps, max_side=cfg.output.gif_max_side)
-    paths["preview"] = os.path.join(out_dir, "preview.png")
-    io.write_png(paths["preview"], preview_sheet(result))
-    paths["depth"] = os.path.join(out_dir, "depth.png")
-    io.write_png(paths["depth"], viz.depth_to_color(result.depth))
-    paths["flow"] = os.path.join(out_dir, "flow.png")
-    io.write_png(paths["flow"], viz.flow_to_color(result.flow))
+    for key, (name, write) in writers.items():
+        paths[key] = os.path.join(out_dir, name)
+        with safe_out.atomic_path(paths[key]) as tmp:
+            write(tmp)
     if save_frames:
         paths["frames"] = os.path.join(out_dir, "frames")
-        io.write_frames(paths["frames"], frames)
-    paths["stats"] = os.path.join(out_dir, "stats.json")
-    with open(paths["stats"], "w") as f:
-        json.dump(result.stats, f, indent=2)
+        with safe_out.atomic_dir(paths["frames"]) as tmp:
+            io.write_frames(tmp, frames)
+    paths["stats"] = safe_out.write_json(os.path.join(out_dir, "stats.json"), result.stats)
     return paths

@@ -95,3 +95,52 @@ def get_config(arg=None):
     elif arg not in (None, ""):
         raise ValueError(f"unknown cinemagraph config variant {arg!r}; use 'tiny', 'paper' or none")
     return c
+
+
+# Ranges of the values above, checked before any compute (configs/validate.py; `cine-jax animate` and
+# pipeline.animate). Every number, flag and tuple needs a rule here (tests/test_configs.py checks it).
+RANGES = {
+    "seed": "int >= 0",
+    "io.max_side": "int >= 16",
+    "io.multiple_of": "int >= 1",
+    "io.hint_frames": "> 0",
+    "depth.near": "> 0",
+    "depth.far": "> 0",
+    "depth.sky_depth": "> 0",
+    "depth.horizon": "[0, 1]",
+    "depth.guided_radius": "int >= 0",
+    "depth.guided_eps": "> 0",
+    "depth.median_ksize": "int >= 1",
+    "layering.distance_threshold": "> 0",
+    "layering.subsample": "int >= 1",
+    "layering.max_layers": "int >= 1",
+    "layering.inpaint_radius": "int >= 1",
+    "layering.context_erode": "int >= 0",
+    "layering.hole_margin": "int >= 0",
+    "layering.min_layer_pixels": "int >= 0",
+    "layering.discontinuity_ksize": "int >= 1",
+    "motion.hint_sigma": ">= 0",
+    "motion.smooth_ksize": "int >= 1",
+    "motion.flow_scale": "> 0",
+    "scene.alpha_threshold": "[0, 1)",
+    "scene.diffuse_iters": "int >= 0",
+    "scene.diffuse_ksize": "int >= 1",
+    "scene.visible_erode": "int >= 1",
+    "scene.order_eps": ">= 1",
+    "scene.capacity_factor": "> 0",
+    "render.point_radius": "> 0",
+    "render.adaptive_radius": "bool",
+    "render.max_radius": "> 0",
+    "render.depth_tau": "> 0",
+    "render.core_fraction": "[0, 1]",
+    "render.splat_sigma": "> 0",
+    "render.use_feature_alpha": "bool",
+    "render.near": ">= 0",
+    "render.blend_beta": ">= 0",
+    "render.chunk": "int >= 1",
+    "render.crop": "int >= 0",
+    "trajectory.num_frames": "int >= 0",
+    "trajectory.scale": ">= 0",
+    "output.fps": "> 0",
+    "output.gif_max_side": "int >= 16",
+}

@@ -6,6 +6,9 @@
              [--config.section.key=value ...]
 
 `fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
+Errors (clitools): a bad dataset, output folder, option or config value ends with exit code 2 and one line
+naming the file (or key) and the problem; `--debug` shows the traceback. An output folder that already holds
+files is refused unless `--overwrite` (make-scene, fit) or `--resume` (fit) is given.
 --distributed: multi-host run; jax.distributed.initialize() is called before any device is touched
 (coordinator/process ids from --coordinator/--num-processes/--process-id, or detected from the
 cluster environment, e.g. SLURM/TPU pods; CPU collectives use gloo), the mesh spans all hosts'
@@ -14,16 +17,19 @@ devices, and metrics/config/results/video files are written by process 0 only. O
   four-d fit DATA --out OUT --distributed --coordinator localhost:12355 --num-processes 2 --process-id 1
 """
 
-import argparse
 import json
 import sys
 
+from clitools import errors
+from clitools import outputs as safe_out
 from configs.overrides import apply_overrides, split_overrides
+
+PROG = "four-d"
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="four-d", description="image-to-4D tools (cine-jax four_d)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = errors.ArgumentParser(prog=PROG, description="image-to-4D tools (cine-jax four_d)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=errors.ArgumentParser)
 
     ms = sub.add_parser("make-scene", help="write an analytic dynamic test dataset")
     ms.add_argument("dir")
@@ -35,6 +41,8 @@ def _parser():
     ms.add_argument("--size", type=int, default=32)
     ms.add_argument("--radius", type=float, default=1.8, help="camera distance (official 1.8)")
     ms.add_argument("--fovy", type=float, default=40.0, help="vertical fov in degrees (official 40)")
+    ms.add_argument("--overwrite", action="store_true", help="replace a dataset in a folder that holds files")
+    errors.add_common_flags(ms)
 
     fit = sub.add_parser("fit", help="fit a 4D field to a dataset folder")
     fit.add_argument("data_dir")
@@ -50,11 +58,12 @@ def _parser():
                      help="with --distributed: coordinator host:port (default: detected from the cluster env)")
     fit.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
     fit.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
+    fit.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds files")
+    errors.add_common_flags(fit)
     return p
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv):
     # --config.a.b=value overrides are pulled out before argparse sees them.
     argv, overrides = split_overrides(argv)
     args = _parser().parse_args(argv)
@@ -62,8 +71,13 @@ def main(argv=None):
     if args.command == "make-scene":
         from four_d import scenes
 
-        if args.times < 1:
-            raise SystemExit("four-d make-scene: --times must be >= 1")
+        for flag, value, low in (("--times", args.times, 1), ("--views", args.views, 1),
+                                 ("--test-views", args.test_views, 0), ("--size", args.size, 4)):
+            if value < low:
+                raise errors.InputError(f"{flag}: must be >= {low}, got {value}")
+        if not (args.radius > 0 and 0 < args.fovy < 180):
+            raise errors.InputError(f"--radius must be > 0 and --fovy in (0, 180), got {args.radius}, {args.fovy}")
+        safe_out.prepare_output_dir(args.dir, overwrite=args.overwrite, flag="make-scene DIR")
         times = [k / max(args.times - 1, 1) for k in range(args.times)]
         scene = scenes.make_scene(args.scene, args.seed)
         path = scenes.write_dataset(scene, args.dir, args.views, times, args.size, num_test_views=args.test_views,
@@ -84,15 +98,19 @@ def main(argv=None):
         jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                    process_id=args.process_id)
     elif args.coordinator or args.num_processes is not None or args.process_id is not None:
-        raise SystemExit("four-d fit: --coordinator/--num-processes/--process-id need --distributed")
+        raise errors.InputError("--coordinator/--num-processes/--process-id need --distributed")
 
     from configs.four_d import get_config
     from four_d import fit as fit_lib
 
     try:
-        config = apply_overrides(get_config(args.config), overrides)
+        config = get_config(args.config)
     except ValueError as e:
-        raise SystemExit(f"four-d: error: {e}") from None
+        raise errors.InputError(f"--config: {e}") from None
+    config = apply_overrides(config, overrides)
+    if args.resume and args.overwrite:
+        raise errors.InputError("--resume continues the run in --out; --overwrite starts afresh: give one")
+    safe_out.prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
     mesh = fit_lib.make_mesh(args.devices)
     res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
                       progress=not args.no_progress, video=not args.no_video)
@@ -101,6 +119,11 @@ def main(argv=None):
     if fit_lib.is_main_process():
         print(json.dumps(res, indent=1))
     return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return errors.run(_main, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -78,31 +78,82 @@ def load_dataset(data_dir):
     path = os.path.join(data_dir, "cameras.json")
     if not os.path.isfile(path):
         raise DatasetError(f"four_d/fit.py: {path} not found (write one with `four-d make-scene DIR`)")
-    with open(path) as f:
-        meta = json.load(f)
-    frames = meta.get("frames") or []
-    if not frames:
-        raise DatasetError(f"four_d/fit.py: {path} lists no frames")
+    meta = _read_cameras_json(path)
+    frames = meta["frames"]
     images = []
-    for fr in frames:
-        img = np.asarray(iio.imread(os.path.join(data_dir, fr["file"])), np.float32) / 255.0
+    for i, fr in enumerate(frames):
+        file = os.path.join(data_dir, fr["file"])
+        if not os.path.isfile(file):
+            raise DatasetError(f"{file}: frame {i} of {path} not found")
+        try:
+            img = np.asarray(iio.imread(file), np.float32) / 255.0
+        except Exception as e:  # imageio raises many types for a corrupt file
+            raise DatasetError(f"{file}: unreadable image ({type(e).__name__}: {e})") from None
         if img.ndim != 3 or img.shape[-1] < 3:
-            raise DatasetError(f"four_d/fit.py: {fr['file']} is not an RGB image (shape {img.shape})")
+            raise DatasetError(f"{file}: not an RGB image (shape {img.shape})")
         images.append(img[..., :3])
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise DatasetError(f"four_d/fit.py: frames in {data_dir} have different sizes {sorted(shapes)}")
+        raise DatasetError(f"{path}: the frames have different sizes {sorted(shapes)}")
     images = np.stack(images)
     return {
         "images": images,
         "poses": np.asarray([fr["pose"] for fr in frames], np.float32),
-        "K": np.asarray(meta["K"], np.float32),
+        "K": meta["K"],
         "times": np.asarray([fr["time"] for fr in frames], np.float32),
         "split": np.asarray([fr.get("split", "train") for fr in frames]),
-        "background": np.asarray(meta.get("background", [1.0, 1.0, 1.0]), np.float32),
+        "background": meta["background"],
         "height": images.shape[1],
         "width": images.shape[2],
     }
+
+
+def _read_cameras_json(path):
+    """Parse and validate cameras.json: K [3, 3], frames [{file, pose 4x4, time in [0, 1], split}], background."""
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object with 'K' and 'frames'")
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise DatasetError(f"{path}: 'frames' must be a non-empty list")
+
+    def matrix(value, shape, what):
+        try:
+            a = np.asarray(value, np.float32)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.shape != shape or not np.all(np.isfinite(a)):
+            raise DatasetError(f"{path}: {what} must be a finite {shape[0]}x{shape[1]} matrix, got {value!r:.80}")
+        return a
+
+    K = matrix(meta.get("K"), (3, 3), "'K'")
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and K[2, 2] == 1 and not K[2, :2].any()):
+        raise DatasetError(f"{path}: 'K' must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0")
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, dict) or not isinstance(fr.get("file"), str) or not fr["file"]:
+            raise DatasetError(f"{path}: frame {i} needs a 'file' name")
+        pose = matrix(fr.get("pose"), (4, 4), f"frame {i} 'pose'")
+        R = pose[:3, :3].astype(np.float64)
+        if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or not np.allclose(pose[3], [0, 0, 0, 1]):
+            raise DatasetError(f"{path}: frame {i} 'pose' is not a rigid world-to-camera matrix")
+        t = fr.get("time")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+            raise DatasetError(f"{path}: frame {i} 'time' must be a number in [0, 1], got {t!r}")
+        if fr.get("split", "train") not in ("train", "test"):
+            raise DatasetError(f"{path}: frame {i} 'split' must be 'train' or 'test', got {fr.get('split')!r}")
+    bg = meta.get("background", [1.0, 1.0, 1.0])
+    try:
+        bg = np.asarray(bg, np.float32)
+    except (TypeError, ValueError):
+        bg = None
+    if bg is None or bg.shape != (3,) or not np.all((bg >= 0) & (bg <= 1)):
+        raise DatasetError(f"{path}: 'background' must be an RGB triple in [0, 1]")
+    meta["K"], meta["background"] = K, bg
+    return meta
 
 
 def frame_rays(data, split="train"):

@@ -134,16 +134,6 @@ def test_cli_sample_and_animate(tmp_path):
     assert cfg["io"]["max_side"] == 48
 
 
-def test_cli_errors(tmp_path, capsys):
-    rc = cli.main(["animate", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o"), "--quiet"])
-    assert rc == 2
-    assert "missing.jpg" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown config key"):
-        cli.main(["animate", "x.jpg", "--out", str(tmp_path), "--config.render.nope=1"])
-    with pytest.raises(SystemExit, match="expects float"):
-        cli.main(["animate", "x.jpg", "--out", str(tmp_path), "--config.render.point_radius=big"])
-
-
 def test_explicit_cameras_json(tmp_path, plane):
     K = pipeline.reference_intrinsics(48, 64)
     poses = [np.eye(4).tolist()] + [

@@ -1,0 +1,11 @@
+"""What both command lines (`cine-jax`, `four-d`) share: one error path, safe outputs, graceful stops.
+
+* errors.py   -- `InputError`, a one-line argparse, and `run`: every problem with an input file, an output
+                 folder or a config value ends with exit code 2 and one line naming the file (or key) and the
+                 problem; `--debug` shows the traceback.
+* outputs.py  -- output folders refused when they already hold files (unless --overwrite / --resume),
+                 checked before any compute; results written under a temporary name and renamed when complete.
+* signals.py  -- SIGINT/SIGTERM during a training loop: finish the step, checkpoint, exit (resume continues).
+
+The package imports neither cine_jax nor four_d (both import it), and nothing here imports jax.
+"""
