@@ -104,6 +104,9 @@ def main(argv=None):
     p.add_argument("--work", default="/tmp/four_d_quality")
     p.add_argument("--only", nargs="*", default=None, help=f"run names among {list(RUNS)}")
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
+    p.add_argument("--out", default=None,
+                   help="results JSON (default benchmarks/results/four_d_quality.json); runs started in parallel "
+                        "processes need one each")
     args = p.parse_args(argv)
 
     runs = args.only or list(RUNS)
@@ -152,8 +155,8 @@ def main(argv=None):
         for s in show:
             r[f"@{s}"] = r["curve"].get(str(s), "")
     curves = {r["name"]: (r.pop("curve"), r.pop("train_curve")) for r in bench.rows}
-    bench.report()
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "four_d_quality.json")
+    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "four_d_quality.json")
+    bench.report(path)
     with open(path) as f:
         blob = json.load(f)
     for r in blob["rows"]:
