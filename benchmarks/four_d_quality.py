@@ -1,7 +1,7 @@
 """Reconstruction quality of `four-d fit`: PSNR on unseen views vs steps, dense and sparse camera regimes.
 
-    python benchmarks/four_d_quality.py [--regimes dense sparse] [--steps 1500] [--sparse-steps 1000]
-                                        [--eval-every 100] [--work DIR] [--only NAME ...]
+    python benchmarks/four_d_quality.py [--only NAME ...] [--steps 1500] [--sparse-steps 1000]
+                                        [--eval-every 100] [--work DIR] [--out JSON] [--from-logs]
 
 Scene: four_d.scenes "orbiting-spheres" (three lambertian spheres, two circling the y axis, one rising;
 exact renders), 5 frames t = 0, 0.25, ..., 1, 32x32 images, official radius 1.8 / fovy 40.
@@ -96,6 +96,29 @@ def train_psnr(out_dir):
     return {r["step"]: r["psnr"] for r in rows if "psnr" in r}
 
 
+def from_logs(bench, runs, work):
+    """Rows of the runs in WORK/runs/<name>/ from their metrics.jsonl (test and train PSNR curves so far)."""
+    for name in runs:
+        log = os.path.join(work, "runs", name.replace(" ", "_"), "metrics.jsonl")
+        if not os.path.isfile(log):
+            raise SystemExit(f"benchmarks/four_d_quality.py: {log} not found (run {name!r} was not started in {work})")
+        rows = [json.loads(x) for x in open(log)]
+        curve = {r["step"]: r["test_psnr"] for r in rows if "test_psnr" in r}
+        trn = {r["step"]: r["psnr"] for r in rows if "psnr" in r}
+        if not curve:
+            raise SystemExit(f"benchmarks/four_d_quality.py: {log} holds no held-out evaluation yet")
+        cfg = json.load(open(os.path.join(os.path.dirname(log), "config.json")))
+        regime, overrides = RUNS[name]
+        last = max(curve)
+        row = bench.add(name, regime=regime, overrides=" ".join(overrides) or "-", steps=last,
+                        planned_steps=cfg["fit"]["iterations"], partial=last < cfg["fit"]["iterations"],
+                        final_test_psnr=round(curve[last], 2), final_train_psnr=round(trn.get(last, float("nan")), 2),
+                        best_test_psnr=round(max(curve.values()), 2),
+                        seconds=round(max(r.get("time", 0.0) for r in rows), 1))
+        row["curve"] = {str(k): round(v, 2) for k, v in sorted(curve.items())}
+        row["train_curve"] = {str(k): round(v, 2) for k, v in sorted(trn.items())}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=1500, help="dense-regime steps")
@@ -107,6 +130,9 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="results JSON (default benchmarks/results/four_d_quality.json); runs started in parallel "
                         "processes need one each")
+    p.add_argument("--from-logs", action="store_true",
+                   help="run nothing: tabulate the runs already in --work from their metrics.jsonl (runs that were "
+                        "stopped early are reported up to their last evaluation, marked partial)")
     args = p.parse_args(argv)
 
     runs = args.only or list(RUNS)
@@ -117,7 +143,7 @@ def main(argv=None):
     bench = Bench("four_d_quality")
     bench.meta.update(scene="orbiting-spheres", size=SIZE, times=list(TIMES), eval_every=args.eval_every,
                       overrides=args.override)
-    for name in runs:
+    for name in runs if not args.from_logs else []:
         regime, overrides = RUNS[name]
         data_dir = write_regime(regime, args.work)
         steps = args.steps if regime == "dense" else args.sparse_steps
@@ -147,6 +173,8 @@ def main(argv=None):
         row["curve"] = {str(k): round(v, 2) for k, v in sorted(curve.items())}
         row["train_curve"] = {str(k): round(v, 2) for k, v in sorted(trn.items())}
         print(json.dumps({"run": name, **row}), flush=True)
+    if args.from_logs:
+        from_logs(bench, runs, args.work)
     bench.meta["peak_rss_gib"] = round(peak_rss_gib(), 3)
     # the table shows the curves in columns (test PSNR at each evaluated step)
     steps_all = sorted({int(k) for r in bench.rows for k in r["curve"]})
