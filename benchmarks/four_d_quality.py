@@ -104,6 +104,9 @@ def from_logs(bench, runs, work):
             raise SystemExit(f"benchmarks/four_d_quality.py: {log} not found (run {name!r} was not started in {work})")
         rows = [json.loads(x) for x in open(log)]
         curve = {r["step"]: r["test_psnr"] for r in rows if "test_psnr" in r}
+        done = os.path.join(os.path.dirname(log), "results.json")
+        if os.path.isfile(done):  # a finished run: its final evaluation is in results.json only
+            curve.update({r["step"]: r["test_psnr"] for r in json.load(open(done)).get("test_curve", [])})
         trn = {r["step"]: r["psnr"] for r in rows if "psnr" in r}
         if not curve:
             raise SystemExit(f"benchmarks/four_d_quality.py: {log} holds no held-out evaluation yet")
