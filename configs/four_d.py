@@ -6,7 +6,8 @@ Variants:
                        scripts/animate124/run-{static,dynamic,cn}.sh and main.py defaults);
   get_config("tiny")   the size every test uses (T=4, 4 levels, finest 64).
 Facts and their sources are in ../shared/reference/animate124.md (section numbers in the comments).
-Keys are read by four_d/render.py and four_d/fit.py: keep them stable.
+Keys are read by four_d/render.py and four_d/fit.py (tests/test_fit.py checks that every key is read);
+keys that only the SDS stages (static -> coarse -> fine) use are added with those stages.
 """
 
 import ml_collections
@@ -36,18 +37,14 @@ def get_config(arg=None):
     c.field.blob_radius = 0.2  # official --blob_radius 0.2 (main.py default)
     c.field.density_activation = "exp"  # official --density_activation exp (trunc_exp); softplus/relu
     c.field.normal_eps = 1e-2  # official finite_difference_normal epsilon 1e-2
-    c.field.grid_levels_mask = 8  # official --grid_levels_mask 8: last 8 levels zeroed early on
-    c.field.grid_levels_mask_iters = 3000  # official --grid_levels_mask_iters 3000
+    c.field.grid_levels_mask = 8  # official --grid_levels_mask 8: last 8 levels zeroed early on (fit.level_mask_iters)
 
     # --- rendering (four_d/render.py) --------------------------------------------------------------
     c.render = ml_collections.ConfigDict()
     c.render.bound = 1.0  # official --bound 1: AABB [-1, 1]^3
     c.render.min_near = 0.2  # official --min_near 0.2
-    c.render.num_samples = 128  # static samples per ray on CPU (official marches up to 1024 steps)
-    c.render.max_steps = 1024  # official max_steps 1024, dt = 2*sqrt(3)/1024 (raymarching, dt_gamma 0)
-    c.render.dt_gamma = 0.0  # official --dt_gamma 0
+    c.render.num_samples = 128  # static samples per ray on CPU (official marches up to 1024 steps of 2 sqrt(3)/1024)
     c.render.jitter = True  # official: first training sample jittered by U(0, 1) * dt
-    c.render.transmittance_stop = 1e-4  # official early stop when T < 1e-4
     c.render.occupancy_resolution = 64  # official 128^3 occupancy grid, 1 cascade (paper variant)
     c.render.occupancy_time_bins = 16  # official --time_size 16 (dynamic stages), 1 in static
     c.render.occupancy_update_every = 16  # official update_extra_interval 16 steps
@@ -58,29 +55,17 @@ def get_config(arg=None):
     # official marcher takes dt = 2 sqrt(3)/1024 steps through occupied cells only).
     c.render.coarse_samples = 256  # not official (our two-pass scheme); 256 lookups ~ 1/128 of the diagonal
     c.render.occupancy_num_samples = 32  # num_samples / 4: benchmarks/four_d.py analytic error < dense S=32
-    c.render.bg = "random"  # training: one random RGB colour per iteration (official, bg_radius -1)
-    c.render.eval_bg = "white"  # reference-view steps and test renders composite over white
-    c.render.sds_size = 64  # official --h/--w 128 (SDS renders, paper variant)
-    c.render.reference_scale = 1.5  # official known_view_scale 1.5 (reference view rendered at 1.5x)
-    c.render.reference_ray_noise = 1e-3  # official N(0, 1e-3) on reference-view ray origins/directions
-    c.render.test_size = 128  # official --H/--W 400 for eval/test renders (paper variant)
-    c.render.chunk = 4096  # rays per jitted rendering call (memory knob, not official)
-
-    # --- shading (four_d/field.py shade) -----------------------------------------------------------
-    c.shading = ml_collections.ConfigDict()
-    c.shading.ambient_min = 0.1  # official: ambient ratio a ~ U(0.1, 1)
-    c.shading.ambient_max = 1.0
-    c.shading.textureless_rate = 0.2  # official --textureless_rate 0.2 (0 in run-cn.sh)
-    c.shading.normal_iter_ratio = 0.0  # official 0.2 in run-static.sh ('normal' shading phase), 0 dynamic
+    c.render.chunk = 4096  # rays per chunk of an image render (memory knob, not official)
+    # Training renders (four_d.render.render_rays_chunked): train_chunk rays per chunk, each chunk under
+    # jax.checkpoint when remat, so a step's memory is bounded by one chunk (benchmarks/four_d.py:
+    # XLA memory analysis of a 16-frame 128x128 lambertian clip). Not official (PyTorch keeps all).
+    # Off here: fit's 4096-ray batches fit in memory without it and a step is ~1.4x faster; on for the
+    # paper sizes (16k-ray batches, 256 samples), where the kept activations would not fit.
+    c.render.train_chunk = 4096
+    c.render.remat = False
 
     # --- regularisers -----------------------------------------------------------------------------
     c.reg = ml_collections.ConfigDict()
-    c.reg.lambda_orient = 1e-2  # official --lambda_orient 1e-2 (main.py default)
-    c.reg.lambda_entropy = 1e-3  # official --lambda_entropy 1e-3, ramped by min(1, 2 step / iters)
-    c.reg.lambda_normal_tv = 0.5  # official --lambda_normal_smooth 0.5: squared TV of the normal image
-    c.reg.lambda_normal_smooth = 0.5  # official --lambda_normal_smooth2d 0.5: MSE(normal img, blur 9)
-    c.reg.normal_smooth_kernel = 9  # official Gaussian blur kernel size 9
-    c.reg.lambda_opacity = 0.0  # official --lambda_opacity 0
     c.reg.lambda_time_tv = 0.1  # official --lambda_time_tv 0.1 (run-dynamic.sh)
     # official dnerf/network_4dgrid.py TV_loss works on the table rows (no points): mode "official";
     # "points" evaluates the encodings at tv_points uniform points instead (grid4d.temporal_tv_loss).
@@ -89,27 +74,10 @@ def get_config(arg=None):
 
     # --- cameras (four_d/cameras.py) ---------------------------------------------------------------
     c.cameras = ml_collections.ConfigDict()
-    c.cameras.radius = 1.8  # official --radius_range 1.8 1.8, --default_radius 1.8 (zero123 fixed)
-    c.cameras.fovy = 40.0  # official --fovy_range 40 40, --default_fovy 40
-    c.cameras.polar_range = (45.0, 135.0)  # official --theta_range 45 135 (degrees, from +y)
-    c.cameras.azimuth_range = (-180.0, 180.0)  # official --phi_range -180 180 (degrees, 0 = +z)
-    c.cameras.uniform_sphere_rate = 0.5  # official --uniform_sphere_rate 0.5 (upper hemisphere)
-    c.cameras.hemisphere = "official"  # official normalize(U[-1,1], U[0,1], U[-1,1]); or "uniform"
-    c.cameras.reference_polar = 90.0  # official --default_polar 90 / ref_polars
-    c.cameras.reference_azimuth = 0.0  # official --default_azimuth 0 / ref_azimuths
-    c.cameras.dynamic_cam_rate = 0.9  # official --dynamic_cam_rate 0.9 (run-dynamic.sh)
-    c.cameras.delta_polar = 45.0  # official rand_poses_trajectory d_theta ~ U[-pi/4, pi/4]
-    c.cameras.delta_azimuth = 90.0  # official rand_poses_trajectory d_phi ~ U[-pi/2, pi/2]
+    c.cameras.radius = 1.8  # official --default_radius 1.8 (test orbit)
+    c.cameras.fovy = 40.0  # official --default_fovy 40
     c.cameras.test_polar = 90.0  # official test orbit at --default_polar 90
-    c.cameras.num_test_views = 8  # official test dataset size 100 poses (paper variant)
-    c.cameras.num_test_frames = 16  # official --num_test_frames 64 (paper variant)
-
-    # --- temporal balanced sampling (four_d/cameras.py) --------------------------------------------
-    c.time = ml_collections.ConfigDict()
-    c.time.precision = 256  # official --precision 256 (run-dynamic.sh)
-    c.time.num_frames = 16  # official --num_frames 16
-    c.time.zero_rate = 0.2  # official --zero_rate 0.2
-    c.time.mirror_rate = 0.5  # official dnerf/provider.py: random.random() > 0.5 mirrors the window
+    c.cameras.num_test_frames = 16  # official --num_test_frames 64 (paper variant): frames of the orbit video
 
     # --- optimiser -----------------------------------------------------------------------------------
     c.optim = ml_collections.ConfigDict()
@@ -124,10 +92,6 @@ def get_config(arg=None):
     c.fit = ml_collections.ConfigDict()
     c.fit.iterations = 2000
     c.fit.batch_rays = 4096  # rays per step (sampled over views and frames)
-    c.fit.image_size = 64  # square training/eval image side in pixels
-    c.fit.num_views = 8  # training views per frame
-    c.fit.num_frames = 8  # frames of the target 4D sequence
-    c.fit.static_iterations = 0  # optional static (T=1) warm-up before static_to_dynamic
     # Empty-space skipping in fit (render.occupancy_*): the grid lives in the train state and is
     # refreshed every render.occupancy_update_every steps (decay + max) from step occupancy_warmup on;
     # steps before it sample uniformly (render.num_samples), steps from it on use occupancy-guided
@@ -140,17 +104,23 @@ def get_config(arg=None):
     c.fit.use_occupancy = True
     c.fit.occupancy_warmup = 0
     # Coarse-to-fine level masking in fit: the last field.grid_levels_mask levels are zeroed while
-    # step <= level_mask_iters (official 3000 of 15000 static+dynamic steps = 20%); 0 disables.
+    # step <= level_mask_iters (official --grid_levels_mask_iters 3000 of 15000 static+dynamic steps =
+    # 20%); 0 disables.
     c.fit.level_mask_iters = 400
     # Animate124 regularisers that apply to random ray batches (four_d.render.regularisers):
     # orientation (per-sample weights . normals, needs 6 extra field evaluations per sample) and weight
-    # entropy. The official SDS-stage weights are reg.lambda_orient 1e-2 / reg.lambda_entropy 1e-3;
+    # entropy. The official SDS-stage weights are --lambda_orient 1e-2 / --lambda_entropy 1e-3;
     # a photometric fit needs neither (they push towards hard surfaces seen from SDS views), so they
     # default to 0 here. The normal-image TV / blur terms need image-shaped batches: not used in fit.
     c.fit.lambda_orient = 0.0
     c.fit.lambda_entropy = 0.0
+    # Shading of the training renders (field.SHADING_MODES): "albedo" fits images whose lighting is
+    # baked in; "lambertian"/"textureless" are lit by the official per-step light normalize(rays_o + g),
+    # g ~ N(0, I), with ambient ratio `ambient` (evaluation renders use a fixed headlight).
+    c.fit.shading = "albedo"
+    c.fit.ambient = 1.0
     c.fit.log_every = 50
-    c.fit.eval_every = 500
+    c.fit.eval_every = 500  # held-out PSNR/SSIM into metrics.jsonl every eval_every steps (0: only at the end)
     c.fit.checkpoint_every = 500
     c.fit.max_checkpoints = 3
 
@@ -163,33 +133,25 @@ def get_config(arg=None):
         c.grid.time_grid_size = 4
         c.field.mlp_hidden = 16
         c.field.grid_levels_mask = 2
-        c.field.grid_levels_mask_iters = 10
         c.render.num_samples = 16
-        c.render.max_steps = 32
         c.render.occupancy_resolution = 16
         c.render.occupancy_time_bins = 4
         c.render.occupancy_update_every = 4
         c.render.coarse_samples = 64
         c.render.occupancy_num_samples = 8
-        c.render.sds_size = 16
-        c.render.test_size = 16
         c.render.chunk = 256
+        c.render.train_chunk = 64
+        c.render.remat = True  # tests exercise the checkpointed path
         c.reg.tv_points = 256
-        c.cameras.num_test_views = 2
         c.cameras.num_test_frames = 4
-        c.time.precision = 32
-        c.time.num_frames = 4
         c.fit.iterations = 4
         c.fit.batch_rays = 64
-        c.fit.image_size = 16
-        c.fit.num_views = 2
-        c.fit.num_frames = 2
         c.fit.log_every = 2
-        c.fit.eval_every = 2
+        c.fit.eval_every = 0  # held-out evaluation only at the end (tests that need a curve set it)
         c.fit.checkpoint_every = 2
         c.fit.max_checkpoints = 1
         c.fit.use_occupancy = False  # tests switch it on where they need it (keeps the rest fast)
-        c.fit.level_mask_iters = 10  # = tiny field.grid_levels_mask_iters
+        c.fit.level_mask_iters = 10
     elif arg == "paper":
         c.grid.finest_resolution = 2048  # desired_resolution 2048 * bound
         c.grid.log2_table_size = 16  # log2_hashmap_size 16
@@ -197,14 +159,11 @@ def get_config(arg=None):
         c.render.num_samples = 1024  # max_steps 1024 (official marches with an occupancy grid)
         c.render.occupancy_resolution = 128  # official grid_size 128
         c.render.occupancy_num_samples = 256  # num_samples / 4 over the occupied part of each ray
-        c.render.sds_size = 128  # --h 128 --w 128
-        c.render.test_size = 400  # --H 400 --W 400 (main.py defaults)
+        c.render.remat = True  # 16k rays x 256 samples: activations only fit chunk by chunk
         c.reg.tv_points = 100_000  # only for time_tv_mode="points"
-        c.cameras.num_test_views = 100  # NeRFDataset test size 100
         c.cameras.num_test_frames = 64  # --num_test_frames 64
         c.fit.iterations = 10_000  # run-dynamic.sh: --iters 15000 minus the 5000 static steps
         c.fit.batch_rays = 16_384
-        c.fit.image_size = 128
         c.fit.level_mask_iters = 2000
     elif arg not in (None, ""):
         raise ValueError(f"configs/four_d.py: unknown variant {arg!r}; use 'tiny', 'paper' or none")

@@ -1,16 +1,34 @@
 """Camera and time sampling for image-to-4D (Animate124 `nerf/provider.py`, `dnerf/provider.py`).
 
 World frame: y UP, as in the official code; the object sits at the origin. Spherical coordinates
-follow the official provider exactly:
+are the official ones:
 
     eye = r * (sin(polar) sin(azimuth), cos(polar), sin(polar) cos(azimuth))
 
 polar is measured from +y (0 = straight above, 90 = the horizon), azimuth from +z towards +x, both in
-degrees. The reference view (polar 90, azimuth 0, radius 1.8) therefore sits on the +z axis looking
-down -z at the origin, with world +x to the right of the image and world +y up.
+degrees. The reference view (polar 90, azimuth 0, radius 1.8) sits on the +z axis looking down -z.
 
-Poses are world-to-camera 4x4 in the OpenCV convention (kernels/camera.py: x right, y down, z forward),
-built with kernels.camera.look_at(eye, origin, up=+y); rays come from kernels.camera.camera_rays.
+Poses are world-to-camera 4x4 in the OpenCV convention (kernels/camera.py: x right, y down, z forward,
+proper rotations that agree with cv2.projectPoints), built with kernels.camera.look_at(eye, origin,
+up=+y). In our images world +x is to the RIGHT of the reference view and world +y up.
+
+Handedness against the official code (tested in tests/test_cameras.py from the official formulas).
+The official camera-to-world rotation for (polar, azimuth) is [right, up, forward] with forward =
+normalize(eye), right = normalize(forward x (0, 1, 0)), up = right x forward, and its rays are
+d = R ((i + 0.5 - cx) / f, -(j + 0.5 - cy) / f, -1). That rotation has determinant -1: `right` is
+world -x at the reference view, so the official image of a scene is the LEFT-RIGHT MIRROR of a
+physical camera's image. Ours, at the same eye, is exactly R_ours = -R_official (a proper rotation),
+and pixel (row v, column u) of ours sees what official pixel (v, W - 1 - u) sees. Equivalently, with
+M = diag(-1, 1, 1):
+
+    official image of scene S from (polar, azimuth, r)  ==  our image of M S from (polar, -azimuth, r).
+
+Given the same reference image, the scene we reconstruct is therefore the x-mirror of the official
+one, and our camera at azimuth a renders what the official camera at -a renders. Everything that is
+symmetric in the azimuth (camera distributions, dynamic camera deltas, the front/side/back prompt
+blend on |azimuth|, the light normalize(rays_o + g)) is unaffected; the one asymmetric consumer is the
+Zero-1-to-3 camera token, which therefore flips the sign of its sine term: see zero123_camera_token.
+
 Every function takes an explicit jax.random key and is jit-able (sizes and rates are static).
 """
 
@@ -59,6 +77,27 @@ def pose_from_spherical(polar, azimuth, radius):
     flat = eye.reshape(-1, 3)
     poses = jax.vmap(lambda e: look_at(e, jnp.zeros(3, jnp.float32), up=_UP))(flat)
     return poses.reshape(eye.shape[:-1] + (4, 4))
+
+
+def zero123_camera_token(polar, azimuth, radius, ref_polar=90.0, ref_azimuth=0.0, ref_radius=1.8):
+    """The Zero-1-to-3 camera token [..., 4] of a novel view relative to the reference view.
+
+    token = [radians(polar - ref_polar), sin(radians(da)), cos(radians(da)), radius - ref_radius],
+    da = azimuth - ref_azimuth, all angles in degrees in OUR convention (module docstring); inputs
+    broadcast. The official code (guidance/zero123_diffusers_utils.py, train_step) builds
+    [radians(dp), sin(radians(-da_off)), cos(radians(da_off)), dr] from ITS deltas. Derivation of the
+    sign: our reference image and novel image are the official images of the mirrored scene taken by
+    the official cameras at (ref_polar, -ref_azimuth) and (polar, -azimuth) (same polars and radii),
+    so da_off = -azimuth - (-ref_azimuth) = -da and the official token for that same image pair is
+    [radians(dp), sin(radians(da)), cos(radians(da)), dr]. The official wrap of da to [-180, 180]
+    does not change sin/cos. (The official dnerf/provider.py deltas are taken against the default
+    view, which is the reference view in Animate124.)
+    """
+    dp = jnp.asarray(polar, jnp.float32) - jnp.asarray(ref_polar, jnp.float32)
+    da = jnp.deg2rad(jnp.asarray(azimuth, jnp.float32) - jnp.asarray(ref_azimuth, jnp.float32))
+    dr = jnp.asarray(radius, jnp.float32) - jnp.asarray(ref_radius, jnp.float32)
+    dp, da, dr = jnp.broadcast_arrays(dp, da, dr)
+    return jnp.stack([jnp.deg2rad(dp), jnp.sin(da), jnp.cos(da), dr], axis=-1)
 
 
 def _check_size(size, fovy, where):

@@ -2,15 +2,19 @@
 
   four-d make-scene DIR [--scene orbiting-spheres] [--views 8] [--test-views 2] [--times 5] [--size 32]
   four-d fit DATA_DIR --out DIR [--config tiny|paper] [--resume] [--devices N] [--no-video]
-             [--distributed] [--config.section.key=value ...]
+             [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
+             [--config.section.key=value ...]
 
 `fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
 Errors (clitools): a bad dataset, output folder, option or config value ends with exit code 2 and one line
 naming the file (or key) and the problem; `--debug` shows the traceback. An output folder that already holds
 files is refused unless `--overwrite` (make-scene, fit) or `--resume` (fit) is given.
---distributed: multi-host run; jax.distributed.initialize() (coordinator/process ids from the
-environment, e.g. SLURM/TPU pods) is called before any device is touched, the mesh spans all hosts'
-devices, and metrics/config/results/video files are written by process 0 only.
+--distributed: multi-host run; jax.distributed.initialize() is called before any device is touched
+(coordinator/process ids from --coordinator/--num-processes/--process-id, or detected from the
+cluster environment, e.g. SLURM/TPU pods; CPU collectives use gloo), the mesh spans all hosts'
+devices, and metrics/config/results/video files are written by process 0 only. On one machine:
+  four-d fit DATA --out OUT --distributed --coordinator localhost:12355 --num-processes 2 --process-id 0 &
+  four-d fit DATA --out OUT --distributed --coordinator localhost:12355 --num-processes 2 --process-id 1
 """
 
 import json
@@ -50,6 +54,10 @@ def _parser():
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--distributed", action="store_true",
                      help="multi-host: call jax.distributed.initialize() first (process 0 writes files)")
+    fit.add_argument("--coordinator", default=None,
+                     help="with --distributed: coordinator host:port (default: detected from the cluster env)")
+    fit.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
+    fit.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
     fit.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds files")
     errors.add_common_flags(fit)
     return p
@@ -80,9 +88,17 @@ def _main(argv):
     if args.distributed:
         # must run before anything touches a device (jax.devices(), device_put, jit), i.e. before the
         # fit module builds its mesh
+        import os
+
         import jax
 
-        jax.distributed.initialize()
+        if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+            # cross-process collectives of the CPU backend (no effect on GPU/TPU backends)
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    elif args.coordinator or args.num_processes is not None or args.process_id is not None:
+        raise errors.InputError("--coordinator/--num-processes/--process-id need --distributed")
 
     from configs.four_d import get_config
     from four_d import fit as fit_lib

@@ -103,26 +103,42 @@ class DynamicField(nn.Module):
         return self(x, t, level_mask)["sigma"]
 
     def normals(self, x, t, level_mask=None, eps=1e-2, bound=1.0):
-        """Finite-difference normals [N, 3] of sigma at (x, t) (6 extra field evaluations per point)."""
-        return finite_difference_normals(lambda p: self.density(p, t, level_mask), x, eps, bound)
+        """Finite-difference normals [N, 3] of sigma at (x, t): the 6 N probes in one field evaluation."""
+        t6 = jnp.tile(jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],)), 6)
+        return normals_from_probes(self.density(probe_points(x, eps, bound), t6, level_mask), eps)
+
+
+# Probe order of the central differences: +x, -x, +y, -y, +z, -z (official finite_difference_normal).
+_PROBE_OFFSETS = [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
+
+
+def probe_points(x, eps=1e-2, bound=1.0):
+    """The six finite-difference probes [6 N, 3] of points x [N, 3] (probe-major: all +x probes first).
+
+    x +- eps e_i, clamped to [-bound, bound] (official). Evaluating them in ONE field call lets the
+    grid gather all 6 N probes' corners at once (instead of six calls).
+    """
+    x = jnp.asarray(x, jnp.float32)
+    offsets = jnp.asarray(_PROBE_OFFSETS, jnp.float32) * eps  # [6, 3]
+    return jnp.clip(x[None] + offsets[:, None, :], -bound, bound).reshape(-1, 3)
+
+
+def normals_from_probes(probe_sigma, eps=1e-2):
+    """n = -grad / |grad| from the densities [6 N] (or [6, N]) at probe_points; NaN/inf -> 0, 0 -> 0."""
+    sig = jnp.asarray(probe_sigma, jnp.float32).reshape(6, -1)
+    grad = (0.5 / eps) * (sig[0::2] - sig[1::2])  # [3, N] central differences along x, y, z
+    normal = safe_normalize(-grad.T)
+    return jnp.nan_to_num(normal, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def finite_difference_normals(density_fn, x, eps=1e-2, bound=1.0):
     """n = -grad sigma / |grad sigma| by central differences (official finite_difference_normal).
 
-    density_fn: [N, 3] -> [N], called 6 times (x +- eps e_i, clamped to [-bound, bound], as the
-    official 6 extra passes). NaN/inf components become 0 (official nan_to_num); a zero gradient gives
-    the zero normal. x [N, 3] -> [N, 3].
+    density_fn: [M, 3] -> [M], called ONCE on the 6 N probes x +- eps e_i (clamped to [-bound, bound],
+    the official 6 extra passes). NaN/inf components become 0 (official nan_to_num); a zero gradient
+    gives the zero normal. x [N, 3] -> [N, 3].
     """
-    x = jnp.asarray(x, jnp.float32)
-    grad = []
-    for axis in range(3):
-        step = jnp.zeros((3,), jnp.float32).at[axis].set(eps)
-        pos = density_fn(jnp.clip(x + step, -bound, bound))
-        neg = density_fn(jnp.clip(x - step, -bound, bound))
-        grad.append(0.5 * (pos - neg) / eps)
-    normal = safe_normalize(-jnp.stack(grad, axis=-1))
-    return jnp.nan_to_num(normal, nan=0.0, posinf=0.0, neginf=0.0)
+    return normals_from_probes(density_fn(probe_points(x, eps, bound)), eps)
 
 
 def shade(albedo, normals, light_dir, ambient, mode):
@@ -130,8 +146,14 @@ def shade(albedo, normals, light_dir, ambient, mode):
 
     albedo [N, 3], normals [N, 3] (unit or 0), light_dir [3] or [N, 3] unit, ambient scalar in [0, 1].
     'albedo': albedo; 'lambertian': albedo * f; 'textureless': f repeated over RGB; 'normal':
-    (n + 1) / 2, with f = ambient + (1 - ambient) * max(0, n . l).
+    (n + 1) / 2, with f = ambient + (1 - ambient) * max(0, n . l). `mode` is a name, or an index into
+    SHADING_MODES that may be traced (then one lax.switch selects the formula at run time, so one
+    compiled program serves every mode).
     """
+    if not isinstance(mode, str):
+        return jax.lax.switch(jnp.asarray(mode, jnp.int32),
+                              [lambda a, n, lt, am, m=m: shade(a, n, lt, am, m) for m in SHADING_MODES],
+                              albedo, normals, jnp.asarray(light_dir, jnp.float32), jnp.asarray(ambient, jnp.float32))
     if mode == "albedo":
         return albedo
     if mode == "normal":
@@ -146,9 +168,22 @@ def shade(albedo, normals, light_dir, ambient, mode):
 
 
 def jittered_light(key, ray_origins):
-    """Light direction(s) [..., 3] = normalize(origin + g), g ~ N(0, I_3) shared by all rays (official)."""
+    """The official training light: normalize(origin + g), g ~ N(0, I_3) drawn once per call (per step)
+    and shared by all rays (dnerf/utils.py train_step: safe_normalize(rays_o + torch.randn(3))).
+
+    ray_origins [..., 3] -> light directions [..., 3] (unit). Draw it with a fresh key every step.
+    """
     g = jax.random.normal(key, (3,), jnp.float32)
     return safe_normalize(jnp.asarray(ray_origins, jnp.float32) + g)
+
+
+def shading_index(mode):
+    """Index of a shading mode in SHADING_MODES (names are validated; ints/traced ints pass through)."""
+    if isinstance(mode, str):
+        if mode not in SHADING_MODES:
+            raise ValueError(f"four_d/field.py: shading must be one of {SHADING_MODES}, got {mode!r}")
+        return SHADING_MODES.index(mode)
+    return mode
 
 
 def random_background(key, batch=None):

@@ -47,11 +47,15 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from four_d import field as field_lib
 from four_d import metrics as metrics_lib
 from four_d import render as render_lib
 from four_d.field import field_from_config
 from four_d.grid4d import grid_spec_from_config, level_mask_for_step, temporal_tv_loss
 from kernels.camera import camera_rays
+
+# The per-frame arrays the train step reads (frame_rays keys).
+TRAIN_RAY_KEYS = ("origins", "directions", "rgb", "times", "axes")
 
 
 class DatasetError(ValueError):
@@ -153,19 +157,22 @@ def _read_cameras_json(path):
 
 
 def frame_rays(data, split="train"):
-    """All rays of one split: dict(origins, directions, rgb [N, H*W, 3], times [N], poses, index)."""
+    """All rays of one split: dict(origins, directions, rgb [N, H*W, 3], times [N], axes [N, 3] (optical
+    axes), poses, index)."""
     idx = np.nonzero(data["split"] == split)[0]
     if idx.size == 0:
         raise DatasetError(f"four_d/fit.py: the dataset has no {split!r} frames")
     h, w = data["height"], data["width"]
     K = jnp.asarray(data["K"])
     o, d = jax.vmap(lambda p: camera_rays(p, K, h, w))(jnp.asarray(data["poses"][idx]))
+    poses = jnp.asarray(data["poses"][idx])
     return {
         "origins": o.reshape(idx.size, h * w, 3),
         "directions": d.reshape(idx.size, h * w, 3),
         "rgb": jnp.asarray(data["images"][idx]).reshape(idx.size, h * w, 3),
         "times": jnp.asarray(data["times"][idx]),
-        "poses": jnp.asarray(data["poses"][idx]),
+        "axes": poses[:, 2, :3],  # camera +z (optical axis) in world coordinates, for z-depth
+        "poses": poses,
         "index": idx,
     }
 
@@ -269,14 +276,17 @@ def fit_regularisers(config):
     Only the per-ray terms are meaningful for random ray batches: orientation (needs normals) and
     weight entropy. The normal-image TV / blur terms need image-shaped batches and stay off.
     """
-    import ml_collections
-
-    return ml_collections.ConfigDict({
-        "lambda_orient": float(config.fit.get("lambda_orient", 0.0)),
-        "lambda_entropy": float(config.fit.get("lambda_entropy", 0.0)),
+    return {
+        "lambda_orient": float(config.fit.lambda_orient),
+        "lambda_entropy": float(config.fit.lambda_entropy),
         "lambda_normal_tv": 0.0,
         "lambda_normal_smooth": 0.0,
-    })
+    }
+
+
+def fit_shading(config):
+    """(shading index, ambient) of fit's training renders (config.fit.shading / fit.ambient)."""
+    return field_lib.shading_index(str(config.fit.get("shading", "albedo"))), float(config.fit.get("ambient", 1.0))
 
 
 def make_train_step(config, model, optimizer, rays, background, mesh):
@@ -284,6 +294,11 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
 
     rays: frame_rays(...) dict (replicated); the batch of config.fit.batch_rays rays is drawn inside the
     step from step_key(seed, step) and sharded over mesh axis "data".
+
+    Rendering: four_d.render.render_rays_chunked, render.train_chunk rays per chunk under
+    jax.checkpoint when render.remat (memory bounded by a chunk). The shading mode is fit.shading
+    (ambient fit.ambient) and non-albedo shading is lit with the official light normalize(rays_o + g),
+    g ~ N(0, I) drawn from the step key every step.
 
     With config.fit.use_occupancy, the step first refreshes state["occupancy"] when
     occupancy_schedule says so (decay + max, key occupancy_key(seed, step)), then renders with
@@ -303,18 +318,20 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
     lam_tv = float(config.reg.lambda_time_tv)
     reg = fit_regularisers(config)
     iters = int(config.fit.iterations)
-    # normals cost 6 extra field evaluations per sample: only when the orientation term is on
-    normals = reg.lambda_orient > 0
+    mode, ambient = fit_shading(config)
+    # the orientation term needs normals even for albedo shading
+    normals = reg["lambda_orient"] > 0
     use_occ = bool(config.fit.get("use_occupancy", False))
     bg = jnp.asarray(background, jnp.float32)
     rep = NamedSharding(mesh, P())
     data_sharding = NamedSharding(mesh, P("data"))
     common = dict(bound=rc.bound, min_near=rc.min_near, bg=bg, jitter=rc.jitter, compute_normals=normals,
-                  normal_eps=float(config.field.normal_eps))
+                  normal_eps=float(config.field.normal_eps), chunk=int(rc.train_chunk), remat=bool(rc.remat),
+                  ray_sharding=data_sharding, coarse_samples=int(rc.coarse_samples))
 
     def step_fn(state, rays):
         step = state["step"]
-        k_frame, k_pix, k_render, k_tv = jax.random.split(step_key(seed, step), 4)
+        k_frame, k_pix, k_render, k_tv, k_light = jax.random.split(step_key(seed, step), 5)
         nf, npix = rays["rgb"].shape[:2]
         f = jax.random.randint(k_frame, (batch,), 0, nf)
         p = jax.random.randint(k_pix, (batch,), 0, npix)
@@ -323,18 +340,24 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
         d = shard(rays["directions"][f, p])
         gt = shard(rays["rgb"][f, p])
         t = shard(rays["times"][f])
+        axis = shard(rays["axes"][f])
+        light = field_lib.jittered_light(k_light, o)  # official: one N(0, I) draw per step
         level_mask = fit_level_mask(config, step)
+        # fit's shading is constant for a run: a static mode compiles only its branch (the SDS stages
+        # pass a traced index instead, so one program serves their whole shading schedule)
+        shading = render_lib.SHADING_MODES[mode]
         new = {}
 
         def make_loss(occupancy, num_samples):
             def loss_fn(params):
-                out = render_lib.render_rays(field_apply, params, o, d, t, k_render, num_samples=num_samples,
-                                             occupancy=occupancy, level_mask=level_mask,
-                                             coarse_samples=int(rc.coarse_samples), **common)
+                out = render_lib.render_rays_chunked(
+                    field_apply, params, o, d, t, k_render, num_samples=num_samples, occupancy=occupancy,
+                    level_mask=level_mask, shading=shading, ambient=ambient, light_dir=light, optical_axis=axis,
+                    **common)
                 mse = jnp.mean((out["rgb"] - gt) ** 2)
                 tv = temporal_tv_loss(params["grid"]["tables"], k_tv, spec, config.reg.tv_points,
                                       config.reg.get("time_tv_mode", "official"))
-                terms = render_lib.regularisers(out, d, reg, step=step, iterations=iters)
+                terms = render_lib.regularisers(out, reg, num_samples=num_samples, step=step, iterations=iters)
                 aux = {"mse": mse, "time_tv": tv, **{k: v for k, v in terms.items() if k != "total"}}
                 return mse + lam_tv * tv + terms["total"], aux
 
@@ -408,17 +431,30 @@ def make_renderer(config, model, h, w, background, mesh=None, occupancy=None):
     occupied cells, so its renders must use the same grid.
     """
     rc = config.render
-    kw = {}
+    mode, ambient = fit_shading(config)
+    kw = dict(shading=mode, ambient=ambient)  # lit by the fixed headlight: a render for people
     if occupancy is not None:
-        # via the host: a committed, mesh-sharded array cannot be closed over by shard_map (an
-        # uncommitted one becomes a replicated constant)
         mask = jnp.asarray(np.asarray(jax.device_get(render_lib.occupancy_mask(occupancy, rc.density_threshold))))
-        kw = dict(occupancy=mask, coarse_samples=int(rc.coarse_samples))
+        kw.update(occupancy=mask, coarse_samples=int(rc.coarse_samples))
     fn = render_lib.make_image_renderer(
         render_lib.make_field_apply(model), h, w, chunk=int(rc.chunk), mesh=mesh,
         num_samples=rc.num_samples, bound=rc.bound, min_near=rc.min_near,
         bg=jnp.asarray(background, jnp.float32), jitter=False, **kw)
     return lambda params, pose, K, t: fn(params, pose, K, jnp.float32(t), None)
+
+
+def replicate(tree, sharding):
+    """Every leaf as a global array replicated on `sharding` (a NamedSharding with spec P()).
+
+    Built from the host value with make_array_from_callback, which also works when the mesh spans
+    several processes (every process holds the same value and fills its own devices); device_put of
+    a process-local array onto devices of other processes does not.
+    """
+    def one(a):
+        host = np.asarray(jax.device_get(a))
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
 
 
 def is_main_process():
@@ -481,8 +517,8 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     rep = NamedSharding(mesh, P())
     model = field_from_config(config)
     optimizer = make_optimizer(config)
-    rays = jax.device_put(frame_rays(data, "train"), rep)
-    rays = {k: v for k, v in rays.items() if k in ("origins", "directions", "rgb", "times")}
+    rays = frame_rays(data, "train")
+    rays = replicate({k: v for k, v in rays.items() if k in TRAIN_RAY_KEYS}, rep)
 
     mngr = checkpoint_manager(out_dir, config)
     state = None
@@ -493,7 +529,7 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     start_fresh = state is None
     if start_fresh:
         state = init_state(config, model, optimizer)
-    state = jax.device_put(state, rep)
+    state = replicate(state, rep)
     if is_main_process():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             f.write(config.to_json(indent=1))
@@ -503,6 +539,14 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     results = {}
     if evaluate_initial and start_fresh and has_test:
         results["initial_test"] = evaluate(renderer, state["params"], data)
+
+    eval_every = int(config.fit.eval_every)
+
+    def eval_renderer(st):
+        # a field trained with skipping is only constrained inside occupied cells: evaluate with its grid
+        if "occupancy" in st and int(st["step"]) > int(config.fit.occupancy_warmup):
+            return make_renderer(config, model, h, w, data["background"], mesh, occupancy=st["occupancy"])
+        return renderer
 
     step_fn = make_train_step(config, model, optimizer, rays, data["background"], mesh)
     iters = int(config.fit.iterations)
@@ -526,6 +570,13 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
                     log.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4g}", psnr=f"{row['psnr']:.2f}")
+            if has_test and eval_every > 0 and done % eval_every == 0 and done != iters:
+                ev = evaluate(eval_renderer(state), state["params"], data)
+                row = {"step": done, "test_psnr": ev["psnr"], "test_ssim": ev["ssim"]}
+                results.setdefault("test_curve", []).append(row)
+                if is_main_process():
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
             if done % int(config.fit.checkpoint_every) == 0 or done == iters:
                 # collective on every process: orbax coordinates the hosts and writes the replicated
                 # state from the primary host (process 0) only
@@ -537,15 +588,17 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     mngr.close()
 
     params = state["params"]
-    if "occupancy" in state and int(state["step"]) > int(config.fit.get("occupancy_warmup", 0)):
-        # the field is only trained inside occupied cells: evaluate/render with the final grid
-        renderer = make_renderer(config, model, h, w, data["background"], mesh, occupancy=state["occupancy"])
+    renderer = eval_renderer(state)
+    if "occupancy" in state:
         results["occupied_fraction"] = float(jnp.mean(
             render_lib.occupancy_mask(state["occupancy"], config.render.density_threshold)))
     results["iterations"] = iters
     results["train_seconds"] = time.perf_counter() - t0
     if has_test:
         results["test"] = evaluate(renderer, params, data)
+        if eval_every > 0:
+            results.setdefault("test_curve", []).append(
+                {"step": iters, "test_psnr": results["test"]["psnr"], "test_ssim": results["test"]["ssim"]})
     if video:
         results["video"] = render_orbit_video(renderer, params, config, h, os.path.join(out_dir, "orbit.mp4"))
     if is_main_process():

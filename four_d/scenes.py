@@ -186,19 +186,36 @@ def dataset_cameras(num_views, radius=1.8, seed=0):
 
 
 def write_dataset(scene, out_dir, num_views=8, times=(0.0, 0.25, 0.5, 0.75, 1.0), size=32, *,
-                  num_test_views=2, radius=1.8, fovy=40.0, seed=0):
+                  num_test_views=2, radius=1.8, fovy=40.0, seed=0, views=None, test_views=None):
     """Render every (view, time) pair to PNG and write cameras.json.
 
-    The first `num_views` cameras are "train", the next `num_test_views` (other azimuths) are "test".
-    cameras.json: {"K": 3x3, "height", "width", "background", "scene", "frames": [{"file", "pose" (4x4
-    world-to-camera), "time", "split"}]}. Returns the path of cameras.json.
+    Cameras: by default the first `num_views` of dataset_cameras are "train" and the next
+    `num_test_views` (other azimuths) are "test"; or explicit `views` / `test_views`, sequences of
+    (polar, azimuth) in degrees (four_d/cameras.py convention, looking at the origin from `radius`).
+    cameras.json: {"K": 3x3, "height", "width", "background", "frames": [{"file", "pose" (4x4
+    world-to-camera), "time", "split", "polar", "azimuth"}]}. Returns the path of cameras.json.
     """
-    if size <= 0 or num_views <= 0:
-        raise ValueError(f"four_d/scenes.py write_dataset: size and num_views must be positive, "
-                         f"got {size}, {num_views}")
+    if views is not None or test_views is not None:
+        views, test_views = list(views or []), list(test_views or [])
+        if not views:
+            raise ValueError("four_d/scenes.py write_dataset: `views` must list at least one (polar, azimuth)")
+        for pa in views + test_views:
+            if len(pa) != 2 or not 0.0 < float(pa[0]) < 180.0:
+                raise ValueError(f"four_d/scenes.py write_dataset: views are (polar, azimuth) pairs with "
+                                 f"0 < polar < 180 degrees, got {pa!r}")
+        angles = [(float(p), float(a)) for p, a in views + test_views]
+        poses = [orbit_pose(p, a, radius) for p, a in angles]
+        num_views = len(views)
+    else:
+        if size <= 0 or num_views <= 0:
+            raise ValueError(f"four_d/scenes.py write_dataset: size and num_views must be positive, "
+                             f"got {size}, {num_views}")
+        poses = dataset_cameras(num_views + num_test_views, radius, seed)
+        angles = [None] * len(poses)
+    if size <= 0:
+        raise ValueError(f"four_d/scenes.py write_dataset: size must be positive, got {size}")
     os.makedirs(out_dir, exist_ok=True)
     K = intrinsics_from_fov(fovy, size, size)
-    poses = dataset_cameras(num_views + num_test_views, radius, seed)
     render_fn = jax.jit(lambda pose, t: render(scene, pose, K, size, size, t))
     frames = []
     for v, pose in enumerate(poses):
@@ -208,7 +225,10 @@ def write_dataset(scene, out_dir, num_views=8, times=(0.0, 0.25, 0.5, 0.75, 1.0)
             name = f"v{v:03d}_t{k:03d}.png"
             img = np.asarray(jnp.round(out["rgb"] * 255.0)).astype(np.uint8)
             iio.imwrite(os.path.join(out_dir, name), img)
-            frames.append({"file": name, "pose": np.asarray(pose).tolist(), "time": float(t), "split": split})
+            frame = {"file": name, "pose": np.asarray(pose).tolist(), "time": float(t), "split": split}
+            if angles[v] is not None:
+                frame["polar"], frame["azimuth"] = angles[v]
+            frames.append(frame)
     meta = {
         "K": np.asarray(K).tolist(),
         "height": size,

@@ -29,13 +29,15 @@ def trunc_exp(x):
     """exp(x) in the forward pass; the backward pass clamps the argument at 15.
 
     This is the density activation of the official Animate124/stable-dreamfusion code (`trunc_exp`):
-    it keeps huge densities from producing exploding gradients early in training.
+    it keeps huge densities from producing exploding gradients early in training. Unlike the official
+    float32 exp, the forward argument is clamped at 88 so the density stays finite (exp(88.8) is
+    inf in float32); densities that large are opaque to float32 precision either way.
     """
-    return jnp.exp(x)
+    return jnp.exp(jnp.minimum(x, _MAX_EXP_ARG))
 
 
 def _trunc_exp_fwd(x):
-    return jnp.exp(x), x
+    return jnp.exp(jnp.minimum(x, _MAX_EXP_ARG)), x
 
 
 def _trunc_exp_bwd(x, g):

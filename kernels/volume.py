@@ -5,7 +5,9 @@ facts in /work/shared/reference/animate124.md section 2), rewritten for static s
 
 - near/far come from the AABB [-1, 1]^3 with near clamped to min_near = 0.2;
 - alpha_i = 1 - exp(-sigma_i * delta_i), w_i = alpha_i * T_i, rgb = sum w c + (1 - sum w) bg,
-  depth = sum w t (unnormalised);
+  depth = sum w t (unnormalised). T_i comes from an exclusive cumulative sum of sigma delta (never a
+  subtraction, which loses a thin prefix in float32 once an opaque sample follows it), sigma delta is
+  clamped (sigma = inf is an opaque sample, not a NaN) and the background weight is T_final >= 0;
 - the official CUDA marcher stops a ray once T < 1e-4. With static shapes every sample is composited
   instead; the samples it would have skipped carry less than 1e-4 of the weight in total.
 
@@ -22,6 +24,10 @@ DEFAULT_MIN_NEAR = 0.2
 # Below this |direction component| the slab is treated as parallel to the ray; the substitute keeps
 # the slab distances finite (|t| <= ~1e12) instead of producing inf - inf = NaN.
 _PARALLEL_EPS = 1e-12
+# Clamps of the compositor: densities above _MAX_DENSITY (incl. inf) and per-sample optical depths
+# above _MAX_OPTICAL_DEPTH are opaque to float32 precision (exp(-88) is the smallest normal float32).
+_MAX_DENSITY = 1e30
+_MAX_OPTICAL_DEPTH = 88.0
 # Clamp of the official entropy regulariser (`weights.clamp(1e-5, 1 - 1e-5)`).
 _ENTROPY_EPS = 1e-5
 
@@ -123,6 +129,18 @@ def accumulate(weights, values):
     return jnp.einsum("...s,...sc->...c", weights, values)
 
 
+def optical_depth(sigma, delta):
+    """sigma_i delta_i per sample, clamped so that every value (and gradient) stays finite.
+
+    sigma is clamped to _MAX_DENSITY (so sigma = inf with delta = 0 gives 0, not inf * 0 = NaN) and
+    the product to _MAX_OPTICAL_DEPTH (a sample whose optical depth exceeds it is opaque to float32
+    precision anyway: exp(-88) underflows; its gradient is exactly 0 instead of ~exp(-88)). Samples
+    with delta <= 0 contribute nothing. Densities are assumed >= 0.
+    """
+    sigma = jnp.minimum(jnp.asarray(sigma, jnp.float32), _MAX_DENSITY)
+    return jnp.minimum(sigma * jnp.maximum(delta, 0.0), _MAX_OPTICAL_DEPTH)
+
+
 def composite(sigma, rgb, t_edges, bg=None, t_mid=None):
     """Alpha-composite samples along rays (official NeRF quadrature).
 
@@ -134,8 +152,9 @@ def composite(sigma, rgb, t_edges, bg=None, t_mid=None):
       t_mid: [R, S] sample positions for the depth; defaults to the interval midpoints.
 
     Returns:
-      dict(rgb [R, C], depth [R] = sum w t_mid (unnormalised, as official), opacity [R] = sum w,
-           weights [R, S], transmittance [R, S] (T_i, light reaching sample i)).
+      dict(rgb [R, C], depth [R] = sum w t_mid (unnormalised, as official; in the units of t),
+           opacity [R] = 1 - T_final (= sum w, in [0, 1]), weights [R, S], transmittance [R, S] (T_i,
+           light reaching sample i)). The background weight is T_final = 1 - opacity >= 0.
     """
     sigma = jnp.asarray(sigma, jnp.float32)
     rgb = jnp.asarray(rgb, jnp.float32)
@@ -152,18 +171,22 @@ def composite(sigma, rgb, t_edges, bg=None, t_mid=None):
         raise ValueError(f"kernels/volume.py: t_mid {t_mid.shape} must match sigma {sigma.shape}")
 
     delta = t_edges[..., 1:] - t_edges[..., :-1]
-    optical = sigma * delta
-    # T_i = exp(-sum_{j<i} sigma_j delta_j): one exp of an exclusive cumsum instead of a product of
-    # (1 - alpha) terms, which is exact for alpha -> 1 and keeps gradients finite for huge sigma.
-    excl = jnp.cumsum(optical, axis=-1) - optical
+    optical = optical_depth(sigma, delta)
+    # T_i = exp(-sum_{j<i} sigma_j delta_j): one exp of an EXCLUSIVE cumsum (a shifted inclusive one,
+    # never cumsum - optical: subtracting a huge opaque term from the running sum loses the prefix in
+    # float32 and gives opacity > 1), instead of a product of (1 - alpha) terms.
+    total = jnp.cumsum(optical, axis=-1)
+    excl = jnp.concatenate([jnp.zeros_like(total[..., :1]), total[..., :-1]], axis=-1)
     transmittance = safe_exp(-excl)
     alpha = -jnp.expm1(-optical)
     weights = alpha * transmittance
-    opacity = jnp.sum(weights, axis=-1)
+    # 1 - T_final (= sum w mathematically), computed so that it never exceeds 1: the background
+    # weight T_final = exp(-total) is never negative.
+    opacity = -jnp.expm1(-total[..., -1])
     color = accumulate(weights, rgb)
     if bg is not None:
         bg = jnp.asarray(bg, jnp.float32)
-        color = color + (1.0 - opacity)[..., None] * bg
+        color = color + safe_exp(-total[..., -1])[..., None] * bg
     depth = jnp.sum(weights * t_mid, axis=-1)
     return {"rgb": color, "depth": depth, "opacity": opacity, "weights": weights,
             "transmittance": transmittance}
@@ -191,6 +214,28 @@ def _masked_mean(x, mask):
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def binary_entropy(weights):
+    """Elementwise binary entropy in bits of values clipped to [1e-5, 1 - 1e-5] (official clamp)."""
+    a = jnp.clip(jnp.asarray(weights, jnp.float32), _ENTROPY_EPS, 1.0 - _ENTROPY_EPS)
+    return -(a * jnp.log2(a) + (1.0 - a) * jnp.log2(1.0 - a))
+
+
+def orientation_penalty(weights, normals, directions):
+    """Per-ray sum_s sg(w_s) max(0, n_s . d)^2 ([R]); orientation_loss is its mean over the samples.
+
+    weights [R, S]; normals [R, S, 3]; directions [R, 3] or [R, S, 3] unit viewing directions.
+    """
+    weights = jax.lax.stop_gradient(jnp.asarray(weights, jnp.float32))
+    normals = jnp.asarray(normals, jnp.float32)
+    directions = jnp.asarray(directions, jnp.float32)
+    _check_last_dim("normals", normals, 3)
+    _check_last_dim("directions", directions, 3)
+    if directions.ndim == normals.ndim - 1:
+        directions = directions[..., None, :]
+    cos = jnp.sum(normals * directions, axis=-1)
+    return jnp.sum(weights * jnp.square(jnp.maximum(cos, 0.0)), axis=-1)
+
+
 def opacity_entropy(weights, mask=None):
     """Binary entropy (in bits) of per-sample weights (or per-ray opacities), averaged.
 
@@ -205,9 +250,7 @@ def opacity_entropy(weights, mask=None):
     Returns:
       scalar float32.
     """
-    a = jnp.clip(jnp.asarray(weights, jnp.float32), _ENTROPY_EPS, 1.0 - _ENTROPY_EPS)
-    ent = -(a * jnp.log2(a) + (1.0 - a) * jnp.log2(1.0 - a))
-    return _masked_mean(ent, mask)
+    return _masked_mean(binary_entropy(weights), mask)
 
 
 def orientation_loss(weights, normals, directions, mask=None):

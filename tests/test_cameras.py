@@ -61,6 +61,135 @@ def test_reference_camera_looks_at_origin_from_plus_z():
     np.testing.assert_allclose(np.asarray(d[2, 2]), [0, 0, -1], atol=1e-6)
 
 
+# --- the official camera convention (HeliosZhao/Animate124 nerf/provider.py circle_poses, nerf/utils.py
+# get_rays), restated in NumPy float64 from the official formulas ------------------------------------
+
+
+def _official_c2w(polar, azimuth, radius):
+    """Official circle_poses: centre from the spherical formula, forward = normalize(centre - 0),
+    right = normalize(forward x up), up = normalize(right x forward), R = [right, up, forward]."""
+    th, ph = np.radians(polar), np.radians(azimuth)
+    center = radius * np.array([np.sin(th) * np.sin(ph), np.cos(th), np.sin(th) * np.cos(ph)])
+    forward = center / np.linalg.norm(center)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    up /= np.linalg.norm(up)
+    return np.stack([right, up, forward], axis=-1), center
+
+
+def _official_rays(polar, azimuth, radius, size, fovy=40.0):
+    """Official get_rays for a size x size image: pixel centres i + 0.5, cx = cy = size / 2,
+    d_cam = ((i - cx) / f, -(j - cy) / f, -1), not normalised. Returns (origin [3], d [size, size, 3])."""
+    rot, center = _official_c2w(polar, azimuth, radius)
+    focal = size / (2 * np.tan(np.radians(fovy) / 2))
+    j, i = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")  # j row, i column
+    d_cam = np.stack([(i - size / 2) / focal, -(j - size / 2) / focal, -np.ones_like(i)], -1)
+    return center, d_cam @ rot.T
+
+
+def _official_render(spheres, polar, azimuth, radius, size):
+    """Flat-coloured spheres [(centre, radius, rgb)] over white, seen by the official camera."""
+    o, d = _official_rays(polar, azimuth, radius, size)
+    best = np.full(d.shape[:2], np.inf)
+    img = np.ones(d.shape[:2] + (3,))
+    for c, r, col in spheres:
+        oc = o - np.asarray(c)
+        a = np.sum(d * d, -1)
+        b = 2 * np.sum(d * oc, -1)
+        disc = b * b - 4 * a * (oc @ oc - r * r)
+        t = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+        hit = (disc >= 0) & (t > 0) & (t < best)
+        best = np.where(hit, t, best)
+        img[hit] = col
+    return img
+
+
+def test_pose_and_rays_against_the_official_formula():
+    """Same eye as official; our rotation is exactly -R_official (det +1 vs the official det -1), and our
+    pixel (v, u) sees what the official pixel (v, W - 1 - u) sees: a left-right mirror."""
+    size = 9
+    for polar, azimuth, radius in ((90.0, 0.0, 1.8), (60.0, 35.0, 2.1), (100.0, -120.0, 1.8), (45.0, 170.0, 1.5)):
+        rot_off, center = _official_c2w(polar, azimuth, radius)
+        assert np.linalg.det(rot_off) == pytest.approx(-1.0, abs=1e-9)
+        pose = cameras.pose_from_spherical(polar, azimuth, radius)
+        c2w = np.asarray(invert_pose(pose), np.float64)
+        np.testing.assert_allclose(c2w[:3, 3], center, atol=1e-5)
+        np.testing.assert_allclose(c2w[:3, :3], -rot_off, atol=1e-5)
+        assert np.linalg.det(c2w[:3, :3]) == pytest.approx(1.0, abs=1e-5)
+        cam = cameras.reference_camera(radius=radius, size=size, polar=polar, azimuth=azimuth)
+        K = cam["K"]
+        o, d = camera_rays(cam["poses"], K, size, size)
+        _, d_off = _official_rays(polar, azimuth, radius, size)
+        d_off = d_off / np.linalg.norm(d_off, axis=-1, keepdims=True)
+        np.testing.assert_allclose(np.asarray(d), d_off[:, ::-1], atol=1e-5)
+        np.testing.assert_allclose(np.asarray(o[0, 0]), center, atol=1e-5)
+
+
+_SPHERES = [((0.45, 0.15, 0.1), 0.22, (0.9, 0.1, 0.1)), ((-0.15, 0.35, -0.35), 0.18, (0.1, 0.8, 0.2)),
+            ((0.05, -0.3, 0.4), 0.16, (0.1, 0.2, 0.9)), ((-0.4, -0.1, -0.1), 0.12, (0.9, 0.8, 0.1))]
+
+
+def _our_render(spheres, polar, azimuth, radius, size):
+    from four_d import scenes
+
+    k = len(spheres)
+    zero = np.zeros((k, 3), np.float32)
+    scene = scenes.SphereScene(
+        origin=np.array([c for c, _, _ in spheres], np.float32), axis_a=zero, axis_b=zero, velocity=zero,
+        freq=np.zeros(k, np.float32), phase=np.zeros(k, np.float32),
+        radius=np.array([r for _, r, _ in spheres], np.float32), color=np.array([c for _, _, c in spheres], np.float32),
+        background=np.ones(3, np.float32), light_dir=np.array([0.0, 1.0, 0.0], np.float32), shading="flat")
+    cam = cameras.reference_camera(radius=radius, size=size, polar=polar, azimuth=azimuth)
+    return np.asarray(scenes.render(scene, cam["poses"], cam["K"], size, size, 0.0)["rgb"], np.float64)
+
+
+def _mismatch(a, b):
+    return float(np.mean(np.any(np.abs(a - b) > 0.01, axis=-1)))
+
+
+def test_zero123_token_equals_the_official_token_for_the_same_image_pair():
+    """Criterion: for a (reference image, novel image) pair rendered by us, our token equals the token the
+    official code computes for the official cameras that render that same pair.
+
+    The official side is an independent NumPy renderer of an asymmetric 4-sphere scene S with the
+    official rays. Our scene is the one whose reference render (our camera at polar 90, azimuth 0)
+    is the official reference image: the x-mirror of S (checked, and S itself is not). For each of our
+    novel cameras the official camera producing the same image is FOUND by search over polar (5 deg
+    grid), azimuth (every 5 deg) and radius; the official token of that camera (delta polar/azimuth/
+    radius against the default view, a wrapped to [-180, 180], [rad(dp), sin(rad(-da)), cos(rad(da)),
+    dr]) must equal zero123_camera_token of ours (1e-5)."""
+    size = 32
+    mirrored = [((-c[0], c[1], c[2]), r, col) for c, r, col in _SPHERES]
+    ref_off = _official_render(_SPHERES, 90.0, 0.0, 1.8, size)
+    assert _mismatch(_our_render(mirrored, 90.0, 0.0, 1.8, size), ref_off) < 0.01
+    assert _mismatch(_our_render(_SPHERES, 90.0, 0.0, 1.8, size), ref_off) > 0.05  # the scene is asymmetric
+    for polar, azimuth, radius in ((70.0, 35.0, 1.8), (100.0, -120.0, 2.1), (55.0, 150.0, 1.8)):
+        ours = _our_render(mirrored, polar, azimuth, radius, size)
+        cands = [(p, a, r) for p in np.arange(polar - 10, polar + 11, 5.0) for a in np.arange(-180.0, 180.0, 5.0)
+                 for r in (1.8, 2.1)]
+        scores = np.array([_mismatch(ours, _official_render(_SPHERES, p, a, r, size)) for p, a, r in cands])
+        order = np.argsort(scores)
+        # an exact match (silhouette rounding only), and a unique one: 5 deg away already moves > 1% of pixels
+        assert scores[order[0]] < 0.002 and scores[order[1]] > 0.01, scores[order[:3]]
+        p_off, a_off, r_off = cands[order[0]]
+        dp, da, dr = p_off - 90.0, a_off - 0.0, r_off - 1.8
+        da = da - 360.0 if da > 180 else da
+        official = np.array([np.radians(dp), np.sin(np.radians(-da)), np.cos(np.radians(da)), dr])
+        np.testing.assert_allclose(np.asarray(cameras.zero123_camera_token(polar, azimuth, radius)), official,
+                                   atol=1e-5)
+
+
+def test_zero123_token_relative_to_a_non_default_reference():
+    tok = np.asarray(cameras.zero123_camera_token(jnp.array([80.0, 100.0]), jnp.array([30.0, -170.0]), 2.0,
+                                                  ref_polar=70.0, ref_azimuth=10.0, ref_radius=1.5))
+    assert tok.shape == (2, 4)
+    np.testing.assert_allclose(tok[:, 0], np.radians([10.0, 30.0]), atol=1e-6)
+    np.testing.assert_allclose(tok[:, 1], np.sin(np.radians([20.0, -180.0])), atol=1e-6)
+    np.testing.assert_allclose(tok[:, 2], np.cos(np.radians([20.0, -180.0])), atol=1e-6)
+    np.testing.assert_allclose(tok[:, 3], 0.5, atol=1e-6)
+
+
 def _assert_look_at_origin(cam, size):
     poses = np.asarray(cam["poses"])
     r = poses[:, :3, :3]
@@ -116,6 +245,25 @@ def test_dynamic_camera_trajectory_linear():
             assert abs(slope) <= max_delta + 1e-3
         assert 0.0 <= polar[0] <= 135.0 + 1e-4
         _assert_look_at_origin(cam, 16)
+
+
+def test_dynamic_camera_delta_distributions():
+    """Official rand_poses_trajectory: d_polar ~ U[-45, 45] and d_azimuth ~ U[-90, 90] degrees, independent
+    of each other and of the start. 3000 trajectories; Kolmogorov-Smirnov against the uniform laws
+    (p > 1e-3), and the correlations |rho| < 4 / sqrt(n)."""
+    from scipy.stats import kstest, uniform
+
+    n, num_frames = 3000, 16
+    keys = jax.random.split(jax.random.PRNGKey(7), n)
+    cams = jax.jit(jax.vmap(lambda k: cameras.dynamic_camera_trajectory(k, num_frames=num_frames, size=8)))(keys)
+    polar = np.asarray(cams["polar"], np.float64)
+    azimuth = np.degrees(np.unwrap(np.radians(np.asarray(cams["azimuth"], np.float64)), axis=1))
+    dp = (polar[:, 1] - polar[:, 0]) * num_frames
+    da = (azimuth[:, 1] - azimuth[:, 0]) * num_frames
+    assert kstest(dp, uniform(loc=-45, scale=90).cdf).pvalue > 1e-3
+    assert kstest(da, uniform(loc=-90, scale=180).cdf).pvalue > 1e-3
+    for a, b in ((dp, da), (dp, polar[:, 0]), (da, polar[:, 0])):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(n)
 
 
 def test_orbit_cameras():

@@ -22,6 +22,17 @@ def test_trunc_exp_forward_is_exp_backward_is_clamped():
     np.testing.assert_allclose(g, np.exp(np.clip(np.asarray(x), -15, 15)), rtol=1e-6)
 
 
+def test_trunc_exp_forward_is_finite_for_huge_raw_density():
+    # float32 exp overflows above 88.72; the forward clamps at 88 (exp(88) = 1.65e38), the backward
+    # still clamps at 15 (official).
+    x = jnp.array([88.0, 88.8, 100.0, 1e4, jnp.inf])
+    y = np.asarray(mathx.trunc_exp(x))
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, np.exp(88.0), rtol=1e-6)
+    g = np.asarray(jax.vmap(jax.grad(mathx.trunc_exp))(x))
+    np.testing.assert_allclose(g, np.exp(15.0), rtol=1e-6)
+
+
 def test_safe_div_zero_denominator_value_and_gradient():
     n = jnp.array([1.0, 2.0, 3.0])
     d = jnp.array([2.0, 0.0, 1e-12])

@@ -93,3 +93,25 @@ def test_write_dataset_roundtrip(tmp_path):
         uv, z = project(transform_points(pose, jnp.zeros(3)), K)
         np.testing.assert_allclose(uv, [7.5, 7.5], atol=1e-4)
         assert float(z) == pytest.approx(1.8, abs=1e-5)
+
+
+def test_write_dataset_with_explicit_views(tmp_path):
+    """Explicit (polar, azimuth) views: the camera centre is the official spherical point at radius 1.8
+    and the origin projects to the image centre; bad views are rejected with the argument named."""
+    from four_d.cameras import spherical_to_cartesian
+    from kernels.camera import invert_pose
+
+    scene = scenes.make_scene("orbiting-spheres", seed=2)
+    path = scenes.write_dataset(scene, str(tmp_path), times=(0.0, 1.0), size=12, views=[(60.0, 10.0), (95.0, 200.0)],
+                                test_views=[(80.0, 45.0)])
+    meta = json.load(open(path))
+    assert [f["split"] for f in meta["frames"]] == ["train"] * 4 + ["test"] * 2
+    for fr in meta["frames"]:
+        eye = np.asarray(invert_pose(jnp.asarray(fr["pose"])))[:3, 3]
+        np.testing.assert_allclose(eye, spherical_to_cartesian(fr["polar"], fr["azimuth"], 1.8), atol=1e-5)
+        uv, _ = project(transform_points(jnp.asarray(fr["pose"]), jnp.zeros(3)), jnp.asarray(meta["K"]))
+        np.testing.assert_allclose(uv, [5.5, 5.5], atol=1e-4)
+    with pytest.raises(ValueError, match="polar"):
+        scenes.write_dataset(scene, str(tmp_path / "bad"), views=[(0.0, 10.0)])
+    with pytest.raises(ValueError, match="views"):
+        scenes.write_dataset(scene, str(tmp_path / "bad"), views=[], test_views=[(80.0, 0.0)])

@@ -134,6 +134,51 @@ def test_gradients_finite_at_extreme_density(sigma_val, rng):
         np.testing.assert_allclose(np.asarray(gc)[:, 1:], 0.0, atol=1e-6)
 
 
+# Official march step dt = 2 sqrt(3) / 1024 (raymarching, dt_gamma 0).
+_DT = 2.0 * np.sqrt(3.0) / 1024
+
+
+@pytest.mark.parametrize("opaque", [1e8, np.inf])
+@pytest.mark.parametrize("prefix", [1, 10, 40])
+def test_opaque_sample_after_a_prefix(opaque, prefix, rng):
+    """sigma = 20 on the first `prefix` samples, then one opaque sample (1e8 or inf), then random ones.
+
+    Closed form: everything behind the opaque sample is hidden, so opacity = 1 exactly and rgb =
+    sum_{i<=k} w_i c_i with the float64 product form (alpha = 1 at the opaque sample). Opacity never
+    exceeds 1 and the background weight is never negative. Tolerance 1e-5 on colours.
+    """
+    s = 64
+    sigma = np.zeros((2, s), np.float32)
+    sigma[:, :prefix] = 20.0
+    sigma[:, prefix] = opaque
+    sigma[:, prefix + 1:] = rng.uniform(0, 50, (2, s - prefix - 1))
+    rgb = rng.uniform(0, 1, (2, s, 3)).astype(np.float32)
+    edges = np.broadcast_to(2.0 + _DT * np.arange(s + 1, dtype=np.float32), (2, s + 1)).copy()
+    edges[1, prefix + 1] = edges[1, prefix]  # a zero-length interval at the opaque sample of ray 1
+    bg = np.array([0.2, 0.9, 0.4], np.float32)
+    out = volume.composite(sigma, rgb, edges, bg=bg)
+    for key in ("rgb", "depth", "opacity", "weights", "transmittance"):
+        assert np.all(np.isfinite(np.asarray(out[key]))), key
+    op = np.asarray(out["opacity"])
+    assert np.all(op <= 1.0) and np.all(np.asarray(out["weights"]).sum(-1) <= 1.0 + 1e-6)
+    np.testing.assert_allclose(op[0], 1.0, atol=1e-7)
+    ref_sigma = np.where(np.isinf(sigma), 1e30, sigma).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(out["rgb"])[0], _np_composite(ref_sigma, rgb, edges, bg)[0], atol=1e-5)
+    # ray 1: the opaque sample has zero length, so it is transparent (no inf * 0 = NaN)
+    np.testing.assert_allclose(np.asarray(out["rgb"])[1], _np_composite(
+        np.where(np.isinf(sigma), 0.0, sigma), rgb, edges, bg)[1], atol=1e-5)
+    # the prefix keeps its weight: T at the opaque sample = exp(-20 * prefix * dt)
+    np.testing.assert_allclose(np.asarray(out["weights"])[0, prefix], np.exp(-20.0 * prefix * _DT), rtol=1e-5)
+
+    def loss(sg, col):
+        o = volume.composite(sg, col, jnp.asarray(edges), bg=jnp.asarray(bg))
+        return jnp.sum(o["rgb"]) + jnp.sum(o["depth"]) + jnp.sum(o["opacity"])
+
+    gs, gc = jax.grad(loss, argnums=(0, 1))(jnp.asarray(sigma), jnp.asarray(rgb))
+    assert np.all(np.isfinite(np.asarray(gs))) and np.all(np.isfinite(np.asarray(gc)))
+    np.testing.assert_array_equal(np.asarray(gc)[0, prefix + 1:], 0.0)  # hidden samples get no gradient
+
+
 def test_ray_aabb_matches_slab_bruteforce(rng):
     n = 200
     o = rng.uniform(-3, 3, (n, 3))
