@@ -100,22 +100,36 @@ def _main(argv):
     elif args.coordinator or args.num_processes is not None or args.process_id is not None:
         raise errors.InputError("--coordinator/--num-processes/--process-id need --distributed")
 
-    from configs.four_d import get_config
+    from clitools.signals import GracefulStop
+    from configs.four_d import RANGES, get_config
+    from configs.validate import check_config
     from four_d import fit as fit_lib
 
     try:
         config = get_config(args.config)
     except ValueError as e:
         raise errors.InputError(f"--config: {e}") from None
-    config = apply_overrides(config, overrides)
+    config = check_config(apply_overrides(config, overrides), RANGES)
     if args.resume and args.overwrite:
         raise errors.InputError("--resume continues the run in --out; --overwrite starts afresh: give one")
+    if args.devices is not None and args.devices < 1:
+        raise errors.InputError(f"--devices: must be >= 1, got {args.devices}")
+    # everything that can be checked is checked before the output folder is touched
+    data = fit_lib.load_dataset(args.data_dir)
     safe_out.prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
     mesh = fit_lib.make_mesh(args.devices)
-    res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
-                      progress=not args.no_progress, video=not args.no_video)
+    # SIGINT / SIGTERM: finish the current step, write its checkpoint, exit 130 / 143 (--resume continues)
+    with GracefulStop() as stop:
+        res = fit_lib.fit(args.data_dir, args.out, config, resume=args.resume, mesh=mesh,
+                          progress=not args.no_progress, video=not args.no_video, stop=stop, data=data)
     res.pop("params")
     res.pop("occupancy")
+    if "stopped" in res:
+        if fit_lib.is_main_process():
+            print(f"{PROG} fit: stopped by {stop.name} after step {res['stopped']} of {res['iterations']}; "
+                  f"checkpoint written, continue with: {PROG} fit {args.data_dir} --out {args.out} --resume",
+                  file=sys.stderr)
+        return stop.exit_code
     if fit_lib.is_main_process():
         print(json.dumps(res, indent=1))
     return 0

@@ -47,6 +47,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from clitools.outputs import atomic_path, write_json, write_text
 from four_d import field as field_lib
 from four_d import metrics as metrics_lib
 from four_d import render as render_lib
@@ -495,7 +496,8 @@ def render_orbit_video(renderer, params, config, h, path, fps=25):
         with warnings.catch_warnings():
             # imageio-ffmpeg forks only to exec ffmpeg; JAX's generic fork warning does not apply
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            iio2.mimwrite(path, frames, fps=fps, macro_block_size=1)
+            with atomic_path(path) as tmp:  # a killed run never leaves a truncated mp4
+                iio2.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
     return path
 
 
@@ -504,14 +506,57 @@ def render_orbit_video(renderer, params, config, h, path, fps=25):
 # ------------------------------------------------------------------------------------------------
 
 
-def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, video=True, evaluate_initial=True):
+def _clear_previous_run(out_dir):
+    """Remove the checkpoints and metrics of an earlier run in `out_dir` (a fresh start, not a resume)."""
+    import shutil
+
+    ckpt = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(ckpt):
+        shutil.rmtree(ckpt)
+    for name in ("metrics.jsonl", "results.json"):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _stop_requested(stop):
+    """True when `stop` asks to stop; with several processes, when any of them was asked (all agree)."""
+    flag = bool(stop.requested)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flag = bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+        if flag and not stop.requested and hasattr(stop, "request"):
+            stop.request()
+    return flag
+
+
+def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, video=True, evaluate_initial=True,
+        stop=None, data=None):
     """Train on DATA_DIR's train frames, write metrics/checkpoints/results into OUT_DIR.
+
+    Without `resume` the run starts afresh: checkpoints and metrics of an earlier run in OUT_DIR are removed
+    first (a later --resume must never continue someone else's run). With `resume` it continues from the
+    last checkpoint (bit-identical to an uninterrupted run: every step's randomness is a function of the
+    seed and the step).
+
+    `stop` (a clitools.signals.GracefulStop, or anything with a `.requested` flag): when it is set the loop
+    finishes the current step, writes a checkpoint of it and returns early with results["stopped"] = the
+    step reached; no results.json or video is written (those describe a finished run). In multi-process runs
+    the processes agree on stopping (a signal to any of them stops all after the same step).
+    `data`: the already loaded dataset of `data_dir` (load_dataset), to avoid reading it twice.
 
     Returns dict(results written to OUT_DIR/results.json, "params": final params, "occupancy": final
     density grid [B, G, G, G] or None without fit.use_occupancy).
     """
+    from configs.four_d import RANGES
+    from configs.validate import check_config
+
+    check_config(config, RANGES)
+    data = load_dataset(data_dir) if data is None else data
     os.makedirs(out_dir, exist_ok=True)
-    data = load_dataset(data_dir)
+    if not resume and is_main_process():
+        _clear_previous_run(out_dir)
     h, w = data["height"], data["width"]
     mesh = make_mesh() if mesh is None else mesh
     rep = NamedSharding(mesh, P())
@@ -531,8 +576,7 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
         state = init_state(config, model, optimizer)
     state = replicate(state, rep)
     if is_main_process():
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=1))
+        write_text(os.path.join(out_dir, "config.json"), config.to_json(indent=1))
 
     renderer = make_renderer(config, model, h, w, data["background"], mesh)
     has_test = bool(np.any(data["split"] == "test"))
@@ -558,6 +602,7 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
 
         bar = tqdm(total=iters, initial=first, desc="four-d fit", leave=False)
     t0 = time.perf_counter()
+    stopped_at = None
     # metrics are written by process 0 only (the file is opened there only)
     with open(log_path, "a") if is_main_process() else contextlib.nullcontext() as log:
         for step in range(first, iters):
@@ -583,11 +628,19 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
                 save_checkpoint(mngr, state, config)
             if bar is not None:
                 bar.update(1)
+            if stop is not None and done != iters and _stop_requested(stop):
+                if done % int(config.fit.checkpoint_every) != 0:
+                    save_checkpoint(mngr, state, config)  # collective, like the periodic saves
+                stopped_at = done
+                break
     if bar is not None:
         bar.close()
     mngr.close()
 
     params = state["params"]
+    if stopped_at is not None:
+        # a checkpoint of step `stopped_at` is on disk; --resume continues from it
+        return {"stopped": stopped_at, "iterations": iters, "params": params, "occupancy": state.get("occupancy")}
     renderer = eval_renderer(state)
     if "occupancy" in state:
         results["occupied_fraction"] = float(jnp.mean(
@@ -602,8 +655,7 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     if video:
         results["video"] = render_orbit_video(renderer, params, config, h, os.path.join(out_dir, "orbit.mp4"))
     if is_main_process():
-        with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(os.path.join(out_dir, "results.json"), results, indent=1)
     return {**results, "params": params, "occupancy": state.get("occupancy")}
 
 

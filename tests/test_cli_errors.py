@@ -132,6 +132,23 @@ def test_four_d_fit_dataset_errors_name_the_file(tmp_path, capsys):
     broken = dict(meta, K=[[1, 0], [0, 1]])
     meta_path.write_text(json.dumps(broken))
     _one_line_error(capsys, _fit(data, tmp_path / "o5"), str(meta_path), "'K' must be a finite 3x3 matrix")
+    for n in range(1, 6):
+        assert not (tmp_path / f"o{n}").exists()  # the dataset is checked before the output folder is made
+
+
+def test_four_d_fit_config_ranges_before_compute(tmp_path, capsys):
+    data = _scene(tmp_path)
+    capsys.readouterr()
+    for extra, needles in [
+        (["--config.fit.iterations=0"], ["'fit.iterations'", ">= 1"]),
+        (["--config.render.occupancy_decay=1.5"], ["'render.occupancy_decay'", "[0, 1]"]),
+        (["--config.fit.shading=phong"], ["'fit.shading'", "lambertian"]),
+        (["--config.optim.lr_grid=-1e-3"], ["'optim.lr_grid'", "> 0"]),
+        (["--devices", "0"], ["--devices", ">= 1"]),
+    ]:
+        out = tmp_path / "o"
+        _one_line_error(capsys, _fit(data, out, *extra), *needles)
+        assert not out.exists()
 
 
 def test_four_d_output_folder_rules(tmp_path, capsys):

@@ -336,7 +336,7 @@ def test_cli_make_scene_and_fit(tmp_path):
         fit_lib.load_dataset(str(tmp_path / "missing"))
 
 
-def test_cli_distributed_initialises_before_fit(monkeypatch, tmp_path):
+def test_cli_distributed_initialises_before_fit(monkeypatch, tmp_path, capsys):
     """--distributed calls jax.distributed.initialize() before the fit builds its mesh (stubs record order)."""
     calls = []
     monkeypatch.setenv("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")  # keeps this process's config untouched
@@ -348,15 +348,16 @@ def test_cli_distributed_initialises_before_fit(monkeypatch, tmp_path):
         return {"params": None, "occupancy": None, "iterations": 0}
 
     monkeypatch.setattr(fit_lib, "fit", fake_fit)
+    monkeypatch.setattr(fit_lib, "load_dataset", lambda d: calls.append("data"))
     assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny", "--distributed",
                      "--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "1"]) == 0
     assert calls == [("initialize", dict(coordinator_address="localhost:1234", num_processes=2, process_id=1)),
-                     "mesh", "fit"]
+                     "data", "mesh", "fit"]
     calls.clear()
-    with pytest.raises(SystemExit, match="need --distributed"):
-        cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--process-id", "1"])
-    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny"]) == 0
-    assert calls == ["mesh", "fit"]
+    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--process-id", "1"]) == 2
+    assert "need --distributed" in capsys.readouterr().err and calls == []
+    assert cli.main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "tiny", "--overwrite"]) == 0
+    assert calls == ["data", "mesh", "fit"]
 
 
 def test_every_config_key_is_read():
