@@ -138,9 +138,9 @@ def test_two_processes_match_one_process_and_resume_after_a_kill(tmp_path):
     assert res["iterations"] == target
     assert "{" not in logs[1][0]
     steps = [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))]
-    # two runs appended to one file (killed, resumed), each logging every step exactly once: had both
-    # processes written, every step would appear twice in a row
-    assert all(b != a for a, b in zip(steps, steps[1:])), steps  # no step written twice in a row
+    # two runs appended to one file (killed, resumed), each logging every step exactly once (had both
+    # processes written, the steps would read 1, 1, 2, 2, ...). The killed run may have logged a step or two
+    # beyond its last checkpoint before the kill; the resumed run logs from the checkpoint on.
     assert steps[-(target - killed_at):] == list(range(killed_at + 1, target + 1)), steps
     first = steps[:len(steps) - (target - killed_at)]
     assert first == list(range(1, len(first) + 1)) and len(first) >= killed_at, steps

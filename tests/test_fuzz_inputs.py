@@ -141,8 +141,10 @@ def test_cine_cameras_json(workdir, doc):
     path = _write_json(workdir, doc, "cams.json")
     got = _expect_clean(io.load_cameras, path, size=IMAGE_HW)
     if got is not None:
-        K, poses = got
-        assert K.shape == (3, 3) and np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0
+        K, K_source, poses = got["K"], got["K_source"], got["poses"]
+        assert K.ndim == 3 and K.shape[1:] == (3, 3) and K.shape[0] == poses.shape[0]
+        for k in (*K, K_source):
+            assert np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0
         assert poses.ndim == 3 and poses.shape[1:] == (4, 4) and np.all(np.isfinite(poses))
 
 
