@@ -348,3 +348,15 @@ def test_cli_convert_subcommand(tmp_path, capsys, sceneflow_state):
     assert cli.main(["convert", src, "--to", str(tmp_path / "w3"), "--kind", "nope"]) == 2
     assert "--kind: unknown converter 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "w2").exists() and not (tmp_path / "w3").exists()
+
+
+def test_widths_read_off_a_state_dict_name_the_file_and_key():
+    from cine_jax.nets import decoder, features, motion
+
+    bad = {"conv1.weight": np.zeros((64, 4, 7))}  # 3-D: not a conv weight
+    for mod, key, what in ((features, "conv1.weight", "ResUNet"), (decoder, "firstconv.weight", "ImgDecoder"),
+                           (motion, "conv1.weight_orig", "SPADEUnet4MaskMotion")):
+        with pytest.raises(ValueError, match=rf"^ckpt\.pth: missing conv weight {key} \(not a {what} state dict"):
+            mod.config_from_state_dict(bad, path="ckpt.pth")
+    assert features.config_from_state_dict({"conv1.weight": np.zeros((64, 4, 7, 7)),
+                                            "out_conv.weight": np.zeros((32, 64, 3, 3))}) == {"in_ch": 4, "out_ch": 32}

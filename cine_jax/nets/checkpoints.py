@@ -232,6 +232,23 @@ def variables_from_state_dict(state, template, path, prefix=""):
 # module configs
 
 
+def conv_shapes(state, keys, path, what):
+    """Shapes of the conv weights `keys` ([O, I, kh, kw] each) of `state`, for reading a module's widths off a
+    checkpoint; a missing or non-4-D one is a ValueError naming the file (not a WHAT state dict?)."""
+    shapes = []
+    for key in keys:
+        if key not in state or len(np.shape(state[key])) != 4:
+            raise ValueError(f"{path}: missing conv weight {key} (not a {what} state dict?)")
+        shapes.append(tuple(int(d) for d in np.shape(state[key])))
+    return shapes
+
+
+def module_from_state_dict(cls, config, state, path, prefix="", **kwargs):
+    """(module, variables): `cls(**config, **kwargs)` and its variables from `state` (every key checked)."""
+    module = cls(**config, **kwargs)
+    return module, variables_from_state_dict(state, variable_template(module), path, prefix=prefix)
+
+
 def module_config(module):
     """JSON-serialisable dict of a Flax module's dataclass fields (dtypes as names; parent/name dropped)."""
     cfg = {}

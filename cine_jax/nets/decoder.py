@@ -32,7 +32,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cine_jax.nets import Conv2d, PReLU, upsample2x
 
@@ -371,16 +370,15 @@ class ImgDecoder(nn.Module):
 
 def config_from_state_dict(state, prefix="", path="checkpoint"):
     """in_ch and out_ch read off firstconv.weight [32, in_ch, 7, 7] and outc.conv.weight [out_ch, 64, 3, 3]."""
-    for key in (prefix + "firstconv.weight", prefix + "outc.conv.weight"):
-        if key not in state or len(np.shape(state[key])) != 4:
-            raise ValueError(f"{path}: missing conv weight {key} (not an ImgDecoder state dict?)")
-    return {"in_ch": int(np.shape(state[prefix + "firstconv.weight"])[1]),
-            "out_ch": int(np.shape(state[prefix + "outc.conv.weight"])[0])}
+    from cine_jax.nets import checkpoints as ck
+
+    first, out = ck.conv_shapes(state, (prefix + "firstconv.weight", prefix + "outc.conv.weight"), path, "ImgDecoder")
+    return {"in_ch": first[1], "out_ch": out[0]}
 
 
 def from_state_dict(state, path="checkpoint", prefix="", **kwargs):
     """(module, variables) from an official ImgDecoder state dict (e.g. `model_150000.pth['img_decoder']`)."""
     from cine_jax.nets import checkpoints as ck
 
-    module = ImgDecoder(**config_from_state_dict(state, prefix, path), **kwargs)
-    return module, ck.variables_from_state_dict(state, ck.variable_template(module), path, prefix=prefix)
+    return ck.module_from_state_dict(ImgDecoder, config_from_state_dict(state, prefix, path), state, path, prefix,
+                                     **kwargs)

@@ -27,7 +27,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cine_jax.nets import Conv2d, upsample2x
 from kernels.sampling import resize
@@ -239,16 +238,15 @@ def upsample_features(features, size):
 
 def config_from_state_dict(state, prefix="", path="checkpoint"):
     """in_ch and out_ch read off the checkpoint (conv1.weight [64, in_ch, 7, 7], out_conv.weight)."""
-    for key in (prefix + "conv1.weight", prefix + "out_conv.weight"):
-        if key not in state or len(np.shape(state[key])) != 4:
-            raise ValueError(f"{path}: missing conv weight {key} (not a ResUNet state dict?)")
-    return {"in_ch": int(np.shape(state[prefix + "conv1.weight"])[1]),
-            "out_ch": int(np.shape(state[prefix + "out_conv.weight"])[0])}
+    from cine_jax.nets import checkpoints as ck
+
+    first, out = ck.conv_shapes(state, (prefix + "conv1.weight", prefix + "out_conv.weight"), path, "ResUNet")
+    return {"in_ch": first[1], "out_ch": out[0]}
 
 
 def from_state_dict(state, path="checkpoint", prefix="", **kwargs):
     """(module, variables) from an official ResUNet state dict (e.g. `model_150000.pth['feature_net']`)."""
     from cine_jax.nets import checkpoints as ck
 
-    module = ResUNet(**config_from_state_dict(state, prefix, path), **kwargs)
-    return module, ck.variables_from_state_dict(state, ck.variable_template(module), path, prefix=prefix)
+    return ck.module_from_state_dict(ResUNet, config_from_state_dict(state, prefix, path), state, path, prefix,
+                                     **kwargs)

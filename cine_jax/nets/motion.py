@@ -451,19 +451,11 @@ def predict_flow(module, variables, image, mask, starts, vectors, sigma, out_siz
 def config_from_state_dict(state, prefix="", path="checkpoint"):
     """Module arguments read off the checkpoint's shapes (widths, channels); the full key/shape check of
     `checkpoints.variables_from_state_dict` then validates every tensor against them."""
-    need = {
-        "conv1": prefix + "conv1.weight_orig",
-        "dconv8": prefix + "dconv8.weight_orig",
-        "spade": prefix + "spade_layer.mlp_shared.0.weight",
-    }
-    for key in need.values():
-        if key not in state:
-            raise ValueError(f"{path}: missing key {key} (not a SPADEUnet4MaskMotion state dict?)")
-    conv1, dconv8, spade = (np.shape(state[k]) for k in need.values())
-    if len(conv1) != 4 or len(dconv8) != 4 or len(spade) != 4:
-        raise ValueError(f"{path}: {need['conv1']}, {need['dconv8']} and {need['spade']} must be conv weights")
-    return {"num_filters": int(conv1[0]), "channels_in": int(conv1[1]), "channels_out": int(dconv8[0]),
-            "spade_hidden": int(spade[0])}
+    from cine_jax.nets import checkpoints as ck
+
+    keys = (prefix + "conv1.weight_orig", prefix + "dconv8.weight_orig", prefix + "spade_layer.mlp_shared.0.weight")
+    conv1, dconv8, spade = ck.conv_shapes(state, keys, path, "SPADEUnet4MaskMotion")
+    return {"num_filters": conv1[0], "channels_in": conv1[1], "channels_out": dconv8[0], "spade_hidden": spade[0]}
 
 
 def from_state_dict(state, path="checkpoint", prefix="motion_predictor.", **kwargs):
@@ -475,5 +467,5 @@ def from_state_dict(state, path="checkpoint", prefix="motion_predictor.", **kwar
     """
     from cine_jax.nets import checkpoints as ck
 
-    module = SPADEUnet4MaskMotion(**config_from_state_dict(state, prefix, path), **kwargs)
-    return module, ck.variables_from_state_dict(state, ck.variable_template(module), path, prefix=prefix)
+    return ck.module_from_state_dict(SPADEUnet4MaskMotion, config_from_state_dict(state, prefix, path), state,
+                                     path, prefix, **kwargs)
