@@ -5,6 +5,10 @@
              [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
              [--config.section.key=value ...]
 
+  four-d eval FRAMES --prompt "a panda is dancing" --image IMAGE --clip DIR [--out results.json] [--overwrite]
+
+`eval` scores frames at the reference view over time (a video file or a folder of images) with CLIP-I, CLIP-T,
+CLIP-R and CLIP-F (definitions: four_d/evaluate.py), prints a table and writes the JSON atomically to --out.
 `fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
 Errors (clitools): a bad dataset, output folder, option or config value ends with exit code 2 and one line
 naming the file (or key) and the problem; `--debug` shows the traceback. An output folder that already holds
@@ -60,7 +64,53 @@ def _parser():
     fit.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
     fit.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds files")
     errors.add_common_flags(fit)
+
+    ev = sub.add_parser("eval", help="CLIP-I / CLIP-T / CLIP-R / CLIP-F of frames at the reference view")
+    ev.add_argument("frames", help="video file (mp4, gif, ...) or folder of images, in time order")
+    ev.add_argument("--prompt", required=True, help="the caption (CLIP-T, CLIP-R)")
+    ev.add_argument("--image", required=True, help="the reference image (CLIP-I); RGBA is put over white")
+    ev.add_argument("--clip", required=True, help="local CLIP folder (e.g. openai/clip-vit-large-patch14)")
+    ev.add_argument("--out", default=None, help="results JSON file (written atomically)")
+    ev.add_argument("--batch-size", type=int, default=8, help="frames per CLIP forward pass")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    errors.add_common_flags(ev)
     return p
+
+
+def _eval(args):
+    """four-d eval: every input is read and checked before any model compute."""
+    import os
+
+    from four_d import evaluate
+
+    if not args.prompt.strip():
+        raise errors.InputError("--prompt: must be a non-empty caption")
+    if args.batch_size < 1:
+        raise errors.InputError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    out = None
+    if args.out:
+        out = os.path.abspath(args.out)
+        if os.path.isdir(out):
+            raise errors.InputError(f"{args.out}: --out is a folder, expected a JSON file name")
+        if os.path.exists(out) and not args.overwrite:
+            raise errors.InputError(f"{args.out}: exists; pass --overwrite to replace it")
+        parent = os.path.dirname(out)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise errors.InputError(f"{args.out}: folder {parent} does not exist or is not writable")
+    frames = evaluate.read_frames(args.frames)
+    reference = evaluate.read_image(args.image, f"--image {args.image}")
+    if not os.path.isdir(args.clip):
+        raise errors.InputError(f"--clip {args.clip}: CLIP folder not found")
+    clip = evaluate.load_clip(args.clip)
+    evaluate.tokenize(clip, [args.prompt])  # a prompt too long for CLIP fails here, before the image tower runs
+    res = evaluate.evaluate(clip, frames, reference, args.prompt, batch_size=args.batch_size)
+    res.update(frames=os.path.abspath(args.frames), image=os.path.abspath(args.image),
+               clip=os.path.abspath(args.clip), protocol=evaluate.PROTOCOL)
+    print(evaluate.format_table(res))
+    if out:
+        safe_out.write_json(out, res)
+        print(out)
+    return 0
 
 
 def _main(argv):
@@ -84,6 +134,11 @@ def _main(argv):
                                     radius=args.radius, fovy=args.fovy, seed=args.seed)
         print(path)
         return 0
+
+    if args.command == "eval":
+        if overrides:
+            raise errors.InputError(f"eval takes no --config overrides, got {overrides[0]!r}")
+        return _eval(args)
 
     if args.distributed:
         # must run before anything touches a device (jax.devices(), device_put, jit), i.e. before the
