@@ -32,7 +32,7 @@ from cine_jax import io, synthetic, viz
 from clitools import outputs as safe_out
 
 # Ranges of the random scene parameters. Defaults chosen so that a 64..768 px clip shows ground, river,
-# occluders and backdrop with flow of about 0.4-2 px/frame (the paper's clips move ~1 px/frame, section 7).
+# occluders and backdrop, the fastest river pixels moving 0.5-2 px/frame at 128 px wide.
 CAMERA_HEIGHT = (1.2, 2.2)  # metres above the ground
 HORIZON = (0.22, 0.42)  # horizon row as a fraction of the height (sets cy: the lens is shifted, not tilted)
 FOCAL_FACTOR = (0.7, 1.1)  # fx = fy = factor * W
@@ -40,7 +40,7 @@ PRINCIPAL_DU = (-0.04, 0.04)  # cx offset from the image centre, fraction of W
 RIVER_FAR_ROW = (0.08, 0.3)  # far bank row, as a fraction of the ground's rows below the horizon
 RIVER_ROWS = (0.3, 0.9)  # near bank row = far bank row + this fraction (past 1 = below the picture)
 BACKDROP = (20.0, 40.0)  # metres
-MAX_FLOW = (0.5, 2.0)  # px/frame at the near bank (the fastest river pixels), in pixels of the clip's width
+MAX_FLOW = (0.5, 2.0)  # px/frame at the near bank (the fastest river pixels) of a 128 px wide clip; scales with W
 VIEW_OFFSET = 0.08  # metres: largest |translation| per axis of a novel view (about 3% of the nearest depth)
 VIEW_ROTATION = 2.0  # degrees: largest rotation about each axis of a novel view
 MAX_OCCLUDERS = 3
