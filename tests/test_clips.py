@@ -234,6 +234,24 @@ def test_hints_count_in_range_inside_mask_and_deterministic():
         assert mask[int(h.start[1]), int(h.start[0])]
 
 
+def test_hints_are_sklearn_kmeans_with_the_seed_drawn_from_rng():
+    # non-convex ring, K = 3: the K-means solution depends on the seed, so this pins the contract
+    # "K, then random_state, drawn from rng; start = moving pixel nearest each centre, in cluster order"
+    flow = _rotation_truth().astype(np.float32)
+    speed = np.linalg.norm(flow, axis=-1)
+    mask = (speed > 0.4) & (speed < 0.8)
+    for seed in (0, 11):
+        draw = np.random.default_rng(seed)
+        k = int(draw.integers(3, 4))
+        state = int(draw.integers(0, 2**31 - 1))
+        rows, cols = np.nonzero(mask)
+        pts = np.stack([cols, rows], 1).astype(float)
+        ref = KMeans(n_clusters=k, n_init=4, random_state=state).fit(pts).cluster_centers_
+        want = [tuple(pts[np.argmin(((pts - c) ** 2).sum(1))]) for c in ref]  # brute-force nearest pixel
+        got = [h.start for h in sample_hints(flow, mask, np.random.default_rng(seed), k_range=(3, 3))]
+        assert got == want
+
+
 def test_hints_feed_motion_and_round_trip_through_the_hints_json(tmp_path):
     a, b, flow = _two_blobs()
     hints = sample_hints(flow, a | b, 0, k_range=(2, 2))
