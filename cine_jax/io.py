@@ -678,6 +678,11 @@ def load_depth(path, size, kind="auto", image_size=None):
     return out
 
 
+# A flow component longer than this many image sides per frame is refused (no fluid crosses the picture
+# 100 times in one frame; such values are a wrong unit or garbage, and would overflow when rescaled).
+FLOW_LIMIT_SIDES = 100
+
+
 def load_flow(path, size=None, image_size=None):
     """Loads optical flow ``[h, w, 2]`` (dx, dy) px/frame from ``.npy`` or Middlebury ``.flo``.
 
@@ -701,10 +706,15 @@ def load_flow(path, size=None, image_size=None):
     _check_aspect(path, arr.shape, image_size, "the flow")
     if not np.all(np.isfinite(arr)):
         _fail(path, f"flow contains {int(np.sum(~np.isfinite(arr)))} NaN/inf values")
+    h, w = arr.shape[:2]
+    limit = FLOW_LIMIT_SIDES * max(h, w)
+    biggest = float(np.max(np.abs(arr)))
+    if biggest > limit:
+        _fail(path, f"flow has a component of {biggest:.3g} px/frame, more than {FLOW_LIMIT_SIDES} image sides "
+                    f"({limit} px): not a per-frame flow in pixels")
     if size is None:
         return arr
     H, W = _check_size(size)
-    h, w = arr.shape[:2]
     out = _resize(arr, (H, W), cv2.INTER_AREA, cv2.INTER_LINEAR)
     return (out * np.array([W / w, H / h], np.float32)).astype(np.float32)
 

@@ -519,3 +519,15 @@ def test_write_sample(tmp_path):
         assert 0.2 < np.hypot(*h.vector) < 1.0  # gentle: under 1 px/frame at 768
     prev = np.asarray(Image.open(paths["preview"]))
     assert prev.shape == (512, 768, 3)
+
+
+def test_flow_with_implausible_magnitudes_is_refused(tmp_path):
+    """Found by the fuzz tests: finite but huge vectors (4e37 px/frame) overflowed to inf when rescaled."""
+    path = tmp_path / "flow.npy"
+    np.save(path, np.full((3, 4, 2), 4.25e37, np.float32))
+    with pytest.raises(ValueError, match=r"flow\.npy: flow has a component of 4\.25e\+37 px/frame"):
+        io.load_flow(str(path), (24, 32), image_size=(24, 32))
+    ok = np.full((3, 4, 2), 100 * 4, np.float32)  # exactly the limit: kept, and finite after rescaling
+    np.save(path, ok)
+    out = io.load_flow(str(path), (24, 32), image_size=(24, 32))
+    assert np.all(np.isfinite(out)) and out[..., 0].max() == pytest.approx(400 * 8)
