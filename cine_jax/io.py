@@ -821,7 +821,11 @@ def load_cameras(path, size=None, image_size=None):
         H, W = _check_size(size)
         K = _rescale_K(K, frame, (H, W))
         K_src = _rescale_K(K_src, frame, (H, W))
-    return {"K": K.astype(np.float32), "K_source": K_src.astype(np.float32), "poses": poses.astype(np.float32)}
+    out = {"K": K.astype(np.float32), "K_source": K_src.astype(np.float32), "poses": poses.astype(np.float32)}
+    for name, value in out.items():
+        if not np.all(np.isfinite(value)):  # finite in float64, too large for float32 (e.g. 3.4e38)
+            _fail(path, f'"{name}" has values too large for float32 (|x| > 3.4e38)')
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

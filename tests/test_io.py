@@ -531,3 +531,12 @@ def test_flow_with_implausible_magnitudes_is_refused(tmp_path):
     np.save(path, ok)
     out = io.load_flow(str(path), (24, 32), image_size=(24, 32))
     assert np.all(np.isfinite(out)) and out[..., 0].max() == pytest.approx(400 * 8)
+
+
+def test_cameras_too_large_for_float32_are_refused(tmp_path):
+    """Found by the fuzz tests: a translation of 3.4028235678e38 is finite in float64 and inf in float32."""
+    path = tmp_path / "cams.json"
+    pose = [[1, 0, 0, 3.4028235677973366e38], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    path.write_text(json.dumps({"K": [[40.0, 0, 16.0], [0, 40.0, 12.0], [0, 0, 1]], "poses": [pose]}))
+    with pytest.raises(ValueError, match=r'cams\.json: "poses" has values too large for float32'):
+        io.load_cameras(str(path), (24, 32), image_size=(24, 32))
