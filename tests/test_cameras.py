@@ -371,3 +371,21 @@ def test_temporal_sampling_matches_official_simulation():
         assert abs(hit.mean() - p) < 3.5 * np.sqrt(p * (1 - p) / len(sims))
     one = cameras.temporal_balanced_sampling(jax.random.PRNGKey(5))
     assert one["times"].shape == (16,) and np.all(np.diff(np.asarray(one["times"])) > 0)
+
+
+def test_zero123_prior_reads_our_token_with_the_right_angle():
+    """The chain the stages use: our camera -> cameras.zero123_camera_token -> priors.zero123.camera_from_token.
+    The token passes through unchanged and the recovered angle to the reference view (zero123's grad weight
+    40 x angle / 180) is the true angle between our two viewing directions (a mirror keeps angles)."""
+    from four_d.priors import zero123
+
+    polar = jnp.array([70.0, 100.0, 55.0, 90.0])
+    azimuth = jnp.array([35.0, -120.0, 150.0, 0.0])
+    radius = jnp.array([1.8, 2.1, 1.8, 1.8])
+    tok = cameras.zero123_camera_token(polar, azimuth, radius)
+    cam = zero123.camera_from_token(tok)
+    np.testing.assert_allclose(np.asarray(cam["token"]), np.asarray(tok), atol=0)
+    p, a = np.radians(np.asarray(polar, np.float64)), np.radians(np.asarray(azimuth, np.float64))
+    p0, a0 = np.radians(90.0), 0.0
+    true = np.degrees(np.arccos(np.clip(np.cos(p) * np.cos(p0) + np.sin(p) * np.sin(p0) * np.cos(a - a0), -1, 1)))
+    np.testing.assert_allclose(np.asarray(cam["angle"]), true, atol=1e-3)
