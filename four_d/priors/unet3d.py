@@ -308,11 +308,9 @@ class FlaxBasicTransformerBlock3D(nn.Module):
         return self.ff(self.norm3(x)) + x
 
 
-class FlaxTransformer2D(nn.Module):
-    """diffusers `Transformer2DModel` (continuous input, use_linear_projection=True, one block) on frames.
-
-    x [N, H, W, C], context [N, L, D] -> [N, H, W, C]; params norm, proj_in, transformer_blocks_0, proj_out.
-    """
+class _TransformerLayers(nn.Module):
+    """The layers both diffusers transformers here share: norm, proj_in, one transformer block, proj_out
+    (param names as diffusers'); the subclasses differ only in which axis the tokens run along."""
 
     in_channels: int
     n_heads: int
@@ -334,6 +332,13 @@ class FlaxTransformer2D(nn.Module):
             )
         ]
         self.proj_out = nn.Dense(self.in_channels, dtype=self.dtype)
+
+
+class FlaxTransformer2D(_TransformerLayers):
+    """diffusers `Transformer2DModel` (continuous input, use_linear_projection=True, one block) on frames.
+
+    x [N, H, W, C], context [N, L, D] -> [N, H, W, C]; params norm, proj_in, transformer_blocks_0, proj_out.
+    """
 
     def __call__(self, x, context):
         n, h, w, c = x.shape
@@ -345,33 +350,12 @@ class FlaxTransformer2D(nn.Module):
         return y + x
 
 
-class FlaxTransformerTemporal(nn.Module):
+class FlaxTransformerTemporal(_TransformerLayers):
     """diffusers `TransformerTemporalModel`: attention over the frames of every pixel.
 
     x [B*F, H, W, C] -> same. GroupNorm statistics span (frames, H, W) of one clip, as PyTorch normalises the
     [B, C, F, H, W] tensor. Params norm, proj_in, transformer_blocks_0, proj_out.
     """
-
-    in_channels: int
-    n_heads: int
-    d_head: int
-    norm_num_groups: int
-    dtype: jnp.dtype = jnp.float32
-    use_memory_efficient_attention: bool = False
-    split_head_dim: bool = False
-
-    def setup(self):
-        inner = self.n_heads * self.d_head
-        self.norm = nn.GroupNorm(self.norm_num_groups, epsilon=1e-6, dtype=self.dtype, use_fast_variance=False)
-        self.proj_in = nn.Dense(inner, dtype=self.dtype)
-        self.transformer_blocks = [
-            FlaxBasicTransformerBlock3D(
-                inner, self.n_heads, self.d_head, dtype=self.dtype,
-                use_memory_efficient_attention=self.use_memory_efficient_attention,
-                split_head_dim=self.split_head_dim,
-            )
-        ]
-        self.proj_out = nn.Dense(self.in_channels, dtype=self.dtype)
 
     def __call__(self, x, num_frames):
         bf, h, w, c = x.shape
