@@ -156,6 +156,26 @@ def init_table(key, spec, dtype=jnp.float32):
 _CORNERS = np.array([[(k >> d) & 1 for d in range(3)] for k in range(8)], np.uint32)  # [8, 3]
 
 
+def _modulo_masks(spec):
+    """uint32 masks m_l with lin & m_l == lin % T_l for every index lin a level can produce, or None.
+
+    A level whose whole lattice fits its table (every lin <= (R+1)^3 - 1 < T_l, all dimensions used)
+    needs no modulo (mask all ones); a capped tiled level has T_l = 2^log2_table_size (a power of two,
+    already a multiple of 8), where the modulo of the wrapped uint32 index is its low bits. An integer
+    division per corner is the most expensive op of the lookup on CPU; this keeps the exact result.
+    """
+    masks = []
+    for res, size, strides in zip(spec.level_resolutions, spec.level_table_sizes, spec.level_strides):
+        full = (res + 1) ** 3
+        if all(strides) and full <= size:
+            masks.append(0xFFFFFFFF)
+        elif size & (size - 1) == 0:
+            masks.append(size - 1)
+        else:
+            return None
+    return np.array(masks, np.uint32)
+
+
 def grid_corners(x, spec):
     """Table rows and trilinear weights of the 8 lattice corners of every level.
 
@@ -187,7 +207,11 @@ def grid_corners(x, spec):
     offsets = jnp.asarray(np.array(spec.level_offsets[:-1], np.uint32))  # [L]
     # uint32 products wrap exactly like the CUDA kernel's before the modulo.
     lin = jnp.sum(cell * strides[None, :, None, :], axis=-1, dtype=jnp.uint32)  # [N, L, 8]
-    rows = (lin % sizes[None, :, None] + offsets[None, :, None]).astype(jnp.int32)
+    masks = _modulo_masks(spec)
+    if masks is not None:  # lin % T_l as a bit mask (exact, see _modulo_masks): no integer division
+        rows = ((lin & jnp.asarray(masks)[None, :, None]) + offsets[None, :, None]).astype(jnp.int32)
+    else:
+        rows = (lin % sizes[None, :, None] + offsets[None, :, None]).astype(jnp.int32)
 
     # Trilinear weights: product over axes of frac (bit set) or 1 - frac (bit clear).
     bits = corners.astype(bool)  # [8, 3]
