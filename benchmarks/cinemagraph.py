@@ -5,8 +5,16 @@
 
 Each size runs in its own subprocess so peak memory (ru_maxrss) is per size. Reports time per stage,
 the render step's compile time (AOT, apart from rendering), steady time per frame, and peak memory,
-prints a table and writes benchmarks/results/cinemagraph.json. Targets on the 2-core CPU (issue):
-<= 1 s per 768x768 frame after compile, compile < 60 s, peak memory < 6 GiB.
+prints a table and writes benchmarks/results/cinemagraph.json. Targets on the 2-core CPU (issue 7):
+<= 0.3 s per 768x768 frame after compile, compile < 60 s, peak memory < 6 GiB.
+
+Besides the pipeline's own wall time per frame (`s_per_frame`, all 60 frames), each size re-times
+--steady-chunks chunks of the compiled renderer (frames from the middle of the loop) and reports wall
+AND process CPU time per frame (`steady_wall_s_per_frame`, `steady_cpu_s_per_frame`): on a shared
+machine the wall time depends on the other jobs, the CPU time much less. Flags for the XLA threading:
+--single-thread (XLA_FLAGS --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1: CPU time
+= the work of one core) and --host-devices N (N CPU devices; the renderer shards the frames of a chunk
+over them, one core each).
 
 --learned: the same with the learned motion net, feature net and image decoder (official widths, random
 weights written with checkpoints.save_converted and used through config models.dir; depth and inpainting
@@ -31,7 +39,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.harness import Bench  # noqa: E402
 
-TARGETS = {"s_per_frame_768": 1.0, "compile_s": 60.0, "peak_gib": 6.0}
+TARGETS = {"s_per_frame_768": 0.3, "compile_s": 60.0, "peak_gib": 6.0}
 LEARNED_TARGETS = {"decoder_pct_of_matmul_peak": 50.0, "compile_s": 60.0, "peak_gib": 8.0}
 
 
@@ -115,9 +123,43 @@ def run_learned(height, width, frames, out_json):
         json.dump(row, f)
 
 
-def run_one(height, width, frames, out_json):
+def steady_render(captured, chunks):
+    """Wall and process CPU seconds per frame of `chunks` calls of the compiled chunk renderer, on the
+    arguments pipeline.animate passed to render_frames (frames from the middle of the loop)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cine_jax import render
+
+    (cloud, disp, poses, Ks, K_ref, size, cfg), kw = captured
+    mesh = render.make_mesh()
+    ndev = mesh.devices.size
+    chunk = max(ndev, -(-int(cfg.render.chunk) // ndev) * ndev)
+    scene_arrays = {"uv": jnp.asarray(cloud.uv), "z": jnp.asarray(cloud.z), "features": jnp.asarray(cloud.features),
+                    "slope": jnp.asarray(cloud.slope), "K_ref": jnp.asarray(K_ref, jnp.float32),
+                    "depth_unit": jnp.asarray(kw.get("depth_unit", 1.0), jnp.float32)}
+    decoder = kw.get("decoder") or render.get_decoder(cfg.render.decoder, config=cfg.render, seed=int(cfg.seed))
+    fn = render.make_chunk_renderer(scene_arrays, tuple(size), render.render_options(cfg), decoder, mesh)
+    n = len(poses)
+    idx = (np.arange(chunk) + max(0, n // 2 - chunk // 2)) % n
+    args = (disp["forward"][idx], disp["backward"][idx], disp["forward_valid"][idx], disp["backward_valid"][idx],
+            jnp.asarray(np.asarray(disp["time"])[idx]), jnp.asarray(poses[idx]), jnp.asarray(Ks[idx]))
+    compiled = fn.func.lower(*fn.args, *args).compile()
+    jax.block_until_ready(compiled(*fn.args, *args))
+    walls, cpus = [], []
+    for _ in range(chunks):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(compiled(*fn.args, *args))
+        walls.append((time.perf_counter() - t0) / chunk)
+        cpus.append((time.process_time() - c0) / chunk)
+    return float(np.median(walls)), float(np.median(cpus))
+
+
+def run_one(height, width, frames, out_json, steady_chunks=3):
     """Animate the sample photo stretched to height x width (as the official demo stretches to 768^2)."""
     import cv2
+    import jax
     import numpy as np
 
     from benchmarks.harness import peak_rss_gib
@@ -131,10 +173,21 @@ def run_one(height, width, frames, out_json):
         ann = io.load_annotations(paths["annotations"], photo.shape[:2], (height, width))
     cfg = cinemagraph.get_config()
     cfg.io.max_side = max(height, width)
-    t0 = time.perf_counter()
-    res = pipeline.animate(image, mask=ann.mask, hints=[(h.start, h.vector) for h in ann.hints],
-                           trajectory="circle", num_frames=frames, config=cfg, progress=False)
-    total = time.perf_counter() - t0
+    captured = []
+    render_frames = pipeline.render_frames
+
+    def capturing(*args, **kw):  # keeps render_frames' arguments for the steady re-timing below
+        captured.append((args, kw))
+        return render_frames(*args, **kw)
+
+    pipeline.render_frames = capturing
+    try:
+        t0 = time.perf_counter()
+        res = pipeline.animate(image, mask=ann.mask, hints=[(h.start, h.vector) for h in ann.hints],
+                               trajectory="circle", num_frames=frames, config=cfg, progress=False)
+        total = time.perf_counter() - t0
+    finally:
+        pipeline.render_frames = render_frames
     row = {
         "size": f"{width}x{height}",
         "frames": frames,
@@ -144,8 +197,14 @@ def run_one(height, width, frames, out_json):
         "compile_s": res.stats["render_compile_s"],
         "s_per_frame": res.stats["render_s_per_frame"],
         "total_s": round(total, 2),
-        "peak_gib": round(peak_rss_gib(), 2),
     }
+    if steady_chunks > 0:
+        wall, cpu = steady_render(captured[0], steady_chunks)
+        row["steady_wall_s_per_frame"] = round(wall, 4)
+        row["steady_cpu_s_per_frame"] = round(cpu, 4)
+    row["devices"] = jax.device_count()
+    row["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    row["peak_gib"] = round(peak_rss_gib(), 2)
     with open(out_json, "w") as f:
         json.dump(row, f)
 
@@ -156,6 +215,10 @@ def main():
     ap.add_argument("--sizes", default="768x768,1280x720", help="WxH list")
     ap.add_argument("--quick", action="store_true", help="small smoke run (256x256, 8 frames)")
     ap.add_argument("--learned", action="store_true", help="the learned pipeline (random official-width weights)")
+    ap.add_argument("--single-thread", action="store_true",
+                    help="XLA on one thread per device (process CPU time = one core's work)")
+    ap.add_argument("--host-devices", type=int, default=0, help="N > 0: N CPU devices (frames sharded over them)")
+    ap.add_argument("--steady-chunks", type=int, default=3, help="chunks re-timed for wall + CPU time per frame")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,7 +226,10 @@ def main():
         args.frames = 8 if args.learned else 60
     if args.one:
         w, h = map(int, args.one.split("x"))
-        (run_learned if args.learned else run_one)(h, w, args.frames, args.out)
+        if args.learned:
+            run_learned(h, w, args.frames, args.out)
+        else:
+            run_one(h, w, args.frames, args.out, args.steady_chunks)
         return
     if args.quick:
         args.sizes, args.frames = "256x256", 8
@@ -173,19 +239,32 @@ def main():
     for size in args.sizes.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             out = f.name
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", size, "--frames", str(args.frames), "--out", out]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", size, "--frames", str(args.frames), "--out", out,
+               "--steady-chunks", str(args.steady_chunks)]
+        subprocess.run(cmd, check=True, cwd=ROOT, env=_xla_env(args))
         with open(out) as f:
             row = json.load(f)
         os.unlink(out)
         name = row.pop("size")
         if name == "768x768":
-            row["meets_1s_per_frame"] = row["s_per_frame"] <= TARGETS["s_per_frame_768"]
+            row["meets_0.3s_per_frame"] = row["s_per_frame"] <= TARGETS["s_per_frame_768"]
         row["meets_compile_60s"] = row["compile_s"] < TARGETS["compile_s"]
         row["meets_6GiB"] = row["peak_gib"] < TARGETS["peak_gib"]
         bench.add(name, **row)
     bench.meta["targets"] = TARGETS
+    bench.meta["note"] = ("shared 2-core machine: wall times depend on the other jobs; steady_cpu_s_per_frame is the "
+                          "process CPU time per frame (with --single-thread: one core's work)")
     bench.report()
+
+
+def _xla_env(args):
+    """Environment of a size's subprocess: XLA threading / host device flags added to XLA_FLAGS."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if args.single_thread:
+        flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
+    if args.host_devices > 0:
+        flags.append(f"--xla_force_host_platform_device_count={args.host_devices}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags))
 
 
 def main_learned(args):
