@@ -150,6 +150,9 @@ def get_config(arg=None):
     c.stages.lambda_entropy = 1e-3  # official --lambda_entropy 1e-3 (ramped by min(1, 2 step / iters))
     c.stages.lambda_normal_tv = 0.5  # official --lambda_2d_normal_smooth TV part 0.5
     c.stages.lambda_normal_smooth = 0.5  # official normal vs Gaussian blur (kernel 9) 0.5
+    # albedo_only: every SDS render unlit (albedo), no normal phase / lambertian / textureless. Not
+    # official: for known-answer runs against an unlit (flat) analytic target (benchmarks/stages_oracle.py).
+    c.stages.albedo_only = False
     c.stages.ambient_range = (0.1, 1.0)  # official ambient_ratio ~ U(min_ambient_ratio 0.1, 1)
     # coarse-to-fine level mask: the last field.grid_levels_mask levels off while global step <= this
     c.stages.level_mask_iters = 3000  # official --grid_levels_mask_iters 3000
@@ -327,6 +330,7 @@ RANGES = {
     "stages.lambda_normal_tv": ">= 0",
     "stages.lambda_normal_smooth": ">= 0",
     "stages.ambient_range": "each [0, 1]",
+    "stages.albedo_only": "bool",
     "stages.level_mask_iters": "int >= 0",
     "stages.use_occupancy": "bool",
     "stages.log_every": "int >= 1",

@@ -129,6 +129,8 @@ def shading_schedule(config, stage, step, key):
     (official). coarse / fine: no normal phase.
     """
     sc = config.stages[stage]
+    if config.stages.albedo_only:
+        return SHADING["albedo"], 1.0  # static: only the albedo branch is compiled
     lo, hi = (float(v) for v in config.stages.ambient_range)
     k_tex, k_amb = jax.random.split(key)
     ambient = jax.random.uniform(k_amb, (), minval=lo, maxval=hi)
@@ -501,7 +503,7 @@ def make_stage_step(config, stage, priors, mesh):
         regs = render_lib.regularisers(out, reg, num_samples=n_samples, step=step, iterations=end,
                                        image_shape=(batch * f, size, size))
         terms.update({k: a for k, a in regs.items() if k != "total"})
-        logs["shading"] = mode.astype(jnp.float32)
+        logs["shading"] = jnp.asarray(mode, jnp.float32)
         return terms, logs
 
     def step_fn(state, ref, pp):
@@ -603,7 +605,7 @@ def _restore_stage(config, stage_dir, stage, sharding):
 
 
 def run_stages(image_rgba, depth, priors, out_dir, config, stages=STAGES, resume=False, stop=None, mesh=None,
-               progress=True):
+               progress=True, hook=None):
     """Run the requested stages in order into OUT_DIR/<stage>/ (checkpoints/, metrics.jsonl).
 
     image_rgba [H, W, 4] and depth [H, W]: the preprocessed square reference (four_d/preprocess.py).
@@ -612,7 +614,8 @@ def run_stages(image_rgba, depth, priors, out_dir, config, stages=STAGES, resume
     checkpoint of the stage before it in OUT_DIR (an error names it when missing). Without `resume` the
     requested stages' folders are cleared first; with it, each stage continues from its last checkpoint
     (a finished stage is skipped). `stop` (GracefulStop): the loop ends after the current step, saves it
-    and returns with result["stopped"] = global step.
+    and returns with result["stopped"] = global step. hook(stage, done, state) is called after every step
+    (evaluation curves: benchmarks/stages_oracle.py).
 
     Returns dict(stage -> dict(params, occupancy, step), "stopped": step or None, "state": last state).
     """
@@ -670,7 +673,8 @@ def run_stages(image_rgba, depth, priors, out_dir, config, stages=STAGES, resume
                 log_path=os.path.join(sdir, "metrics.jsonl"), log_every=int(config.stages.log_every),
                 checkpoint_every=int(config.stages.checkpoint_every),
                 save=lambda s_, m=mngr: train_loop.save_checkpoint(m, s_, config), stop=stop, progress=progress,
-                desc=f"four-d {st}", extra_row={"stage": st}, postfix=("loss",))
+                desc=f"four-d {st}", extra_row={"stage": st}, postfix=("loss",),
+                hook=None if hook is None else (lambda done, s_, _w, st=st: hook(st, done, s_)))
             if int(cur["step"]) == first == end and mngr.latest_step() is None:
                 train_loop.save_checkpoint(mngr, cur, config)  # a 0-iteration stage still hands over
         finally:
