@@ -11,7 +11,7 @@ turn over t in [0, 1]) and one rising. The reference RGBA + depth is its exact r
 reference camera (polar 90, azimuth 0, radius 1.8, fovy 40). Priors: oracle "sd" + "zero123" (static),
 "video" + "zero123" (coarse), guidance scale 0 (the exact denoiser's gradient; see four_d/oracle.py).
 Config: get_config() (the CPU default) with the overrides in `bench_config` (64x64 SDS renders, 64
-samples, albedo-only SDS renders because the target is unlit, the normal-based regularisers off because
+samples, 8 grid levels up to 128, albedo-only SDS renders because the target is unlit, the normal-based regularisers off because
 albedo renders have no normals to regularise, level mask for the first 100 steps, 4-frame clips).
 Held-out views: 8 cameras (azimuth 22.5 + 45 k, polar alternating 70 / 100: none is the reference view),
 at t = 0 (static) and t in {0, 1/3, 2/3, 1} (coarse); PSNR against the exact renders on white.
@@ -54,7 +54,10 @@ def bench_config(static_steps, coarse_steps, size, frames, reference=True):
     c.stages.coarse.precision = 16 * frames
     c.stages.log_every = 10
     c.stages.checkpoint_every = 100_000
-    c.render.num_samples = 64
+    c.render.num_samples = 32
+    c.grid.num_levels = 8  # a coarser grid than the CPU default (finest 128): the 2-core budget
+    c.grid.finest_resolution = 128
+    c.field.grid_levels_mask = 4
     c.render.remat = False
     c.render.train_chunk = 4096
     if not reference:
