@@ -133,9 +133,23 @@ def main(argv=None):
         return pairs
 
     bounds = stages.stage_bounds(config)
+    last_pairs = {}
     if a.stages.startswith("static"):
         record("static", 0, stages.init_static_state(config)["params"])
-    last_pairs = {}
+    else:  # continuing: the finished static stage in --work is the coarse stage's start (and baseline)
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from four_d import train_loop
+
+        rep = NamedSharding(train_loop.make_mesh(), P())
+        st = stages._restore_stage(config, os.path.join(a.work, "static"), "static", rep)
+        if st is None:
+            raise SystemExit(f"{a.work}/static has no checkpoint: run the static stage first")
+        last_pairs["static"] = record("static", int(st["step"]), st["params"])
+        psnr, _ = held_out_psnr(scene, config, "static", st["params"], a.size, COARSE_TIMES)
+        curve.append(dict(stage="static_at_coarse_times", step=int(st["step"]), heldout_psnr=round(psnr, 2)))
+        print(curve[-1], flush=True)
 
     def hook(stage, done, state):
         first, end = bounds[stage]
@@ -161,8 +175,9 @@ def main(argv=None):
     for stage, pairs in last_pairs.items():
         if not isinstance(pairs, list):
             continue
-        top = np.concatenate([p[0] for p in pairs[:8]], 1)
-        bot = np.concatenate([p[1] for p in pairs[:8]], 1)
+        sel = pairs[8:16] if stage == "coarse" else pairs[:8]  # coarse: the views at t = 1/3
+        top = np.concatenate([p[0] for p in sel], 1)
+        bot = np.concatenate([p[1] for p in sel], 1)
         iio.imwrite(os.path.join(a.work, f"{stage}_exact_over_pred.png"),
                     (np.clip(np.concatenate([top, bot], 0), 0, 1) * 255).round().astype(np.uint8))
     del out

@@ -176,7 +176,9 @@ def test_static_step_terms_by_schedule_and_sharded_equals_single(scene):
         s4, m4 = step4(s4, train_loop.replicate(ref, rep), train_loop.replicate(pp, rep))
         s1, m1 = step(s1, ref, pp)
         for k in m1:
-            np.testing.assert_allclose(float(m4[k]), float(m1[k]), rtol=2e-4, atol=1e-6, err_msg=k)
+            # the normal terms are finite differences of densities (eps 1e-2): the summation order of 4
+            # devices moves them by a few 1e-6 absolute (measured 3.3e-6 on normal_smooth ~ 4e-4)
+            np.testing.assert_allclose(float(m4[k]), float(m1[k]), rtol=2e-4, atol=2e-5, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
                  s4["params"], s1["params"])
 
@@ -215,3 +217,90 @@ def test_run_stages_resume_bit_identical_across_the_stage_boundary(scene, tmp_pa
     # the coarse stage alone needs the finished static stage of the same folder
     with pytest.raises(ValueError, match="run static first"):
         stages.run_stages(rgba, depth, priors, str(tmp_path / "c"), c, stages=("coarse",), progress=False)
+
+
+# ---- the chain: what a prior is given is what the field renders from the view the prior is told -------------
+
+
+def _probe_prior(kind, model, config):
+    """A prior whose params are the field's params: it re-renders the field (deterministic, no jitter) from
+    the view it is given, with its own camera code (four_d.oracle.oracle_pose), and reports the largest
+    difference from its input images as aux["mismatch"]; loss 0 (the field does not move)."""
+    from four_d import render as render_lib
+    from four_d.oracle import oracle_pose
+    from kernels.camera import camera_rays, intrinsics_from_fov
+
+    fa = render_lib.make_field_apply(model)
+    rc = config.render
+
+    def render(params, polar, az, radius, t, bg, size):
+        o, d = camera_rays(oracle_pose(polar, az, radius), intrinsics_from_fov(40.0, size, size), size, size)
+        out = render_lib.render_rays(fa, params, o.reshape(-1, 3), d.reshape(-1, 3), jnp.full((size * size,), t),
+                                     None, num_samples=int(rc.num_samples), bound=rc.bound, min_near=rc.min_near,
+                                     bg=bg, jitter=False, shading="albedo")
+        return out["rgb"].reshape(size, size, 3)
+
+    def flat(x):
+        return x.reshape((-1,) + x.shape[2:]) if x.ndim >= 2 else x
+
+    def fn(params, key, images, *rest, view):
+        size = images.shape[-2]
+        if kind == "zero123":  # its camera from its inputs, time 0
+            polar, az, radius = rest
+            cams = (polar, az, radius, jnp.zeros_like(az), view["background"])
+        else:
+            f = images.shape[1] if images.ndim == 5 else 1
+            cams = tuple(flat(view[k]) for k in ("polar", "azimuth", "radius", "times")) + (
+                jnp.repeat(view["background"], f, axis=0),)
+        want = jax.vmap(lambda p, a, r, t, b: render(params, p, a, r, t, b, size))(*cams)
+        mismatch = jnp.max(jnp.abs(want - images.reshape(want.shape)))
+        aux = {"mismatch": mismatch}
+        if kind == "controlnet":  # the condition: the frozen copy (= these params at the hand-over)
+            aux["cond_mismatch"] = jnp.max(jnp.abs(want - rest[0].reshape(want.shape)))
+        return 0.0 * jnp.sum(images), aux
+
+    fn.needs_view = True
+    return fn
+
+
+def test_stage_renders_match_the_views_given_to_the_priors(scene):
+    """Every SDS image of static / coarse / fine steps equals an independent render of the field from the
+    camera and time the prior is told (catches mirrored azimuths, frames shifted in time, wrong cameras)."""
+    c = get_config("tiny")
+    c.stages.render_size = 8
+    c.stages.known_iters = 0
+    c.stages.known_view_interval = 0  # SDS steps only
+    c.stages.albedo_only = True
+    c.stages.level_mask_iters = 0
+    c.stages.lambda_orient = c.stages.lambda_normal_tv = c.stages.lambda_normal_smooth = 0.0
+    c.stages.lambda_entropy = 0.0
+    c.render.jitter = False
+    c.stages.coarse.zero_rate = 0.5  # zero123 runs on some coarse steps
+    rgba, depth = _tiny_inputs(scene)
+    ref = stages.prepare_reference(rgba, depth, c)
+    ref = {k: jnp.asarray(ref[k]) for k in ("rgb", "mask", "depth")}
+    mesh = train_loop.make_mesh(1)
+    state = stages.init_static_state(c)
+    state["params"] = jax.tree.map(lambda a: a + 0.5 * jax.random.normal(jax.random.PRNGKey(7), a.shape),
+                                   state["params"])
+    seen = {}
+    for stage, kinds in (("static", ("sd", "zero123")), ("coarse", ("video", "zero123")),
+                         ("fine", ("video", "zero123", "controlnet"))):
+        if stage != "static":
+            state = stages.hand_over(c, state, stage)
+        model = stages.stage_model(c, stage)
+        copy = jax.tree.map(lambda a: jnp.array(a, copy=True), state["params"])  # the state is donated
+        priors = {k: (copy, _probe_prior(k, model, c)) for k in kinds}
+        step = stages.make_stage_step(c, stage, priors, mesh)
+        pp = {k: priors[k][0] for k in kinds}
+        state = {**state, "step": jnp.asarray(stages.stage_bounds(c)[stage][0], jnp.int32)}
+        for _ in range(3):
+            state, m = step(state, ref, pp)
+            for k in kinds:
+                if k == "zero123" and stage != "static" and not float(m["zero123_on"]):
+                    continue
+                seen[(stage, k)] = True
+                assert float(m[f"{k}_mismatch"]) < 1e-4, (stage, k, float(m[f"{k}_mismatch"]))
+            if stage == "fine":
+                assert float(m["controlnet_cond_mismatch"]) < 1e-4
+    assert {("static", "sd"), ("static", "zero123"), ("coarse", "video"), ("fine", "controlnet")} <= set(seen)
