@@ -142,6 +142,7 @@ def test_static_step_terms_by_schedule_and_sharded_equals_single(scene):
     mesh equals the 1-device step."""
     c = get_config("tiny")
     c.stages.static.iterations = 10  # normal phase: steps < 2
+    c.stages.lambda_normal_smooth = 0.0  # checked by value in tests/test_render4d.py; ill-conditioned here
     priors = oracle.make_oracle_priors(scene, kinds=("sd", "zero123"))
     rgba, depth = _tiny_inputs(scene)
     ref = stages.prepare_reference(rgba, depth, c)
@@ -166,7 +167,13 @@ def test_static_step_terms_by_schedule_and_sharded_equals_single(scene):
     assert rows[2]["shading"] in (1.0, 2.0) and rows[3]["shading"] in (1.0, 2.0)
     assert rows[0]["shading"] == 0.0  # reference steps log no SDS shading
 
-    # sharded: the same first 3 steps on 4 fake devices
+    # sharded: the same first 3 steps on 4 fake devices. Albedo renders and no normal terms: normals are
+    # central differences (eps 1e-2) of densities ~exp(10) (the blob), so the 1e-7 relative differences of
+    # another summation order over 4 devices become 0.4% differences of the SDS loss (measured), which says
+    # nothing about the sharding itself.
+    c.stages.albedo_only = True
+    c.stages.lambda_orient = c.stages.lambda_normal_tv = 0.0
+    step = stages.make_stage_step(c, "static", priors, mesh1)
     mesh4 = train_loop.make_mesh(4)
     rep = NamedSharding(mesh4, P())
     step4 = stages.make_stage_step(c, "static", priors, mesh4)
@@ -288,6 +295,9 @@ def test_stage_renders_match_the_views_given_to_the_priors(scene):
                          ("fine", ("video", "zero123", "controlnet"))):
         if stage != "static":
             state = stages.hand_over(c, state, stage)
+        if stage == "coarse":  # a field that changes with time, so a frame rendered at the wrong time differs
+            tab = state["params"]["grid"]["tables"]
+            state["params"]["grid"]["tables"] = tab + 0.5 * jax.random.normal(jax.random.PRNGKey(8), tab.shape)
         model = stages.stage_model(c, stage)
         copy = jax.tree.map(lambda a: jnp.array(a, copy=True), state["params"])  # the state is donated
         priors = {k: (copy, _probe_prior(k, model, c)) for k in kinds}
