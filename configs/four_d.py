@@ -7,7 +7,7 @@ Variants:
   get_config("tiny")   the size every test uses (T=4, 4 levels, finest 64).
 Facts and their sources are in ../shared/reference/animate124.md (section numbers in the comments).
 Keys are read by four_d/render.py and four_d/fit.py (tests/test_fit.py checks that every key is read);
-keys that only the SDS stages (static -> coarse -> fine) use are added with those stages.
+the `stages` section is read by four_d/stages.py.
 """
 
 import ml_collections
@@ -124,6 +124,75 @@ def get_config(arg=None):
     c.fit.checkpoint_every = 500
     c.fit.max_checkpoints = 3
 
+
+    # --- stages: Animate124 static -> coarse -> fine (four_d/stages.py; animate124.md sections 3-5) -----
+    # The global step continues across stages (official global_step): static runs steps [0, S),
+    # coarse [S, S + C), fine [S + C, S + C + F). Each loss weight multiplies the prior's loss as returned
+    # by its fn (the priors' own lambda_guidance must then be 1; zero123's angle / 180 stays in the prior).
+    c.stages = ml_collections.ConfigDict()
+    c.stages.render_size = 64  # SDS renders are H = W (official --h/--w 128; paper variant)
+    c.stages.batch = 1  # cameras (static) / clips (coarse, fine) per step (official batch 1)
+    c.stages.polar_range = (45.0, 135.0)  # official --theta_range 45 135 (nerf/provider.py rand_poses)
+    c.stages.azimuth_range = (-180.0, 180.0)  # official --phi_range -180 180
+    c.stages.uniform_sphere_rate = 0.5  # official --uniform_sphere_rate 0.5 (upper hemisphere)
+    c.stages.reference_polar = 90.0  # official --default_polar 90 (the reference view)
+    c.stages.reference_azimuth = 0.0  # official --default_azimuth 0
+    # reference-view losses (official known_view_*; train_step of nerf/utils.py, dnerf/utils.py)
+    c.stages.known_iters = 100  # official known_iters 100: every step before global step 100 is a reference step
+    c.stages.known_view_interval = 4  # official known_view_interval 4 (zero123 on): every 4th global step
+    c.stages.known_view_scale = 1.5  # official known_view_scale 1.5: the reference view at 1.5x render_size
+    c.stages.known_view_noise = 1e-3  # official known_view_noise_scale 1e-3: N(0, s) on ray origins/directions
+    c.stages.lambda_rgb = 5.0  # official --lambda_rgb 5 (MSE of rgb * mask)
+    c.stages.lambda_mask = 0.5  # official --lambda_mask 0.5 (MSE of opacity vs mask)
+    c.stages.lambda_depth = 0.01  # official --lambda_depth 0.01 ((1 - Pearson) / 2 inside the mask)
+    # regularisers of SDS renders (official main.py defaults, animate124.md section 2)
+    c.stages.lambda_orient = 1e-2  # official --lambda_orient 1e-2
+    c.stages.lambda_entropy = 1e-3  # official --lambda_entropy 1e-3 (ramped by min(1, 2 step / iters))
+    c.stages.lambda_normal_tv = 0.5  # official --lambda_2d_normal_smooth TV part 0.5
+    c.stages.lambda_normal_smooth = 0.5  # official normal vs Gaussian blur (kernel 9) 0.5
+    # albedo_only: every SDS render unlit (albedo), no normal phase / lambertian / textureless. Not
+    # official: for known-answer runs against an unlit (flat) analytic target (benchmarks/stages_oracle.py).
+    c.stages.albedo_only = False
+    c.stages.ambient_range = (0.1, 1.0)  # official ambient_ratio ~ U(min_ambient_ratio 0.1, 1)
+    # coarse-to-fine level mask: the last field.grid_levels_mask levels off while global step <= this
+    c.stages.level_mask_iters = 3000  # official --grid_levels_mask_iters 3000
+    c.stages.use_occupancy = False  # occupancy-guided sampling in the stages (official cuda_ray: on; paper variant)
+    c.stages.log_every = 50
+    c.stages.checkpoint_every = 500
+    c.stages.max_checkpoints = 2
+
+    c.stages.static = ml_collections.ConfigDict()
+    c.stages.static.iterations = 5000  # official run-static.sh --iters 5000
+    c.stages.static.lambda_sd = 1.0  # official --lambda_guidance 1.0 (SD)
+    c.stages.static.lambda_zero123 = 40.0  # official --lambda_guidance ... 40 (zero123; x angle / 180 in the prior)
+    c.stages.static.normal_iter_ratio = 0.2  # official --normal_iter_ratio 0.2: 'normal' shading first 20%
+    c.stages.static.textureless_rate = 0.2  # official --textureless_rate 0.2 after the normal phase
+    c.stages.static.grad_clip = 0.0  # official: no clipping in the static stage
+
+    c.stages.coarse = ml_collections.ConfigDict()
+    c.stages.coarse.iterations = 10_000  # official run-dynamic.sh --iters 15000 minus the 5000 static steps
+    c.stages.coarse.num_frames = 16  # official --num_frames 16
+    c.stages.coarse.precision = 256  # official --precision 256 (temporal balanced sampling)
+    c.stages.coarse.zero_rate = 0.2  # official --zero_rate 0.2
+    c.stages.coarse.mirror_rate = 0.5  # official mirror probability 0.5
+    c.stages.coarse.dynamic_cam_rate = 0.9  # official --dynamic_cam_rate 0.9
+    c.stages.coarse.delta_polar = 45.0  # official rand_poses_trajectory: d polar ~ U[-45, 45]
+    c.stages.coarse.delta_azimuth = 90.0  # official: d azimuth ~ U[-90, 90]
+    c.stages.coarse.lambda_video = 1.0  # official --lambda_guidance 1.0 (video slot)
+    c.stages.coarse.lambda_zero123 = 40.0  # official 40, frame 0 of clips from t = 0, not mirrored
+    c.stages.coarse.textureless_rate = 0.2  # official --textureless_rate default 0.2; no normal phase
+    c.stages.coarse.grad_clip = 1.0  # official --grad_clip 1 (clip_grad_value_)
+    # temporal TV weight: reg.lambda_time_tv (official --lambda_time_tv 0.1)
+
+    c.stages.fine = ml_collections.ConfigDict()
+    c.stages.fine.iterations = 5000  # official run-cn.sh --iters 20000 minus 15000
+    c.stages.fine.cn_frames = 2  # official --cn_frames 2, chosen evenly from the clip
+    c.stages.fine.lambda_controlnet = 1.0  # official --lambda_guidance ... 1.0 (CN; unused by --grad_dyn)
+    c.stages.fine.lambda_video = 1.0  # the coarse terms continue
+    c.stages.fine.lambda_zero123 = 40.0
+    c.stages.fine.textureless_rate = 0.0  # official run-cn.sh --textureless_rate 0
+    c.stages.fine.grad_clip = 1.0  # official --grad_clip 1 continues
+
     if arg == "tiny":
         c.grid.num_levels = 4
         c.grid.base_resolution = 8
@@ -152,6 +221,17 @@ def get_config(arg=None):
         c.fit.max_checkpoints = 1
         c.fit.use_occupancy = False  # tests switch it on where they need it (keeps the rest fast)
         c.fit.level_mask_iters = 10
+        c.stages.render_size = 16
+        c.stages.known_iters = 2
+        c.stages.level_mask_iters = 3
+        c.stages.log_every = 1
+        c.stages.checkpoint_every = 2
+        c.stages.max_checkpoints = 1
+        c.stages.static.iterations = 5
+        c.stages.coarse.iterations = 4
+        c.stages.coarse.num_frames = 4
+        c.stages.coarse.precision = 16
+        c.stages.fine.iterations = 3
     elif arg == "paper":
         c.grid.finest_resolution = 2048  # desired_resolution 2048 * bound
         c.grid.log2_table_size = 16  # log2_hashmap_size 16
@@ -165,6 +245,8 @@ def get_config(arg=None):
         c.fit.iterations = 10_000  # run-dynamic.sh: --iters 15000 minus the 5000 static steps
         c.fit.batch_rays = 16_384
         c.fit.level_mask_iters = 2000
+        c.stages.render_size = 128  # official --h/--w 128
+        c.stages.use_occupancy = True  # official -O cuda_ray
     elif arg not in (None, ""):
         raise ValueError(f"configs/four_d.py: unknown variant {arg!r}; use 'tiny', 'paper' or none")
     return c
@@ -229,4 +311,54 @@ RANGES = {
     "fit.eval_every": "int >= 0",
     "fit.checkpoint_every": "int >= 1",
     "fit.max_checkpoints": "int >= 1",
+    "stages.render_size": "int >= 2",
+    "stages.batch": "int >= 1",
+    "stages.polar_range": "each [0, 180]",
+    "stages.azimuth_range": "each [-360, 360]",
+    "stages.uniform_sphere_rate": "[0, 1]",
+    "stages.reference_polar": "[0, 180]",
+    "stages.reference_azimuth": "[-360, 360]",
+    "stages.known_iters": "int >= 0",
+    "stages.known_view_interval": "int >= 0",  # 0: no periodic reference steps
+    "stages.known_view_scale": "> 0",
+    "stages.known_view_noise": ">= 0",
+    "stages.lambda_rgb": ">= 0",
+    "stages.lambda_mask": ">= 0",
+    "stages.lambda_depth": ">= 0",
+    "stages.lambda_orient": ">= 0",
+    "stages.lambda_entropy": ">= 0",
+    "stages.lambda_normal_tv": ">= 0",
+    "stages.lambda_normal_smooth": ">= 0",
+    "stages.ambient_range": "each [0, 1]",
+    "stages.albedo_only": "bool",
+    "stages.level_mask_iters": "int >= 0",
+    "stages.use_occupancy": "bool",
+    "stages.log_every": "int >= 1",
+    "stages.checkpoint_every": "int >= 1",
+    "stages.max_checkpoints": "int >= 1",
+    "stages.static.iterations": "int >= 0",
+    "stages.static.lambda_sd": ">= 0",
+    "stages.static.lambda_zero123": ">= 0",
+    "stages.static.normal_iter_ratio": "[0, 1]",
+    "stages.static.textureless_rate": "[0, 1]",
+    "stages.static.grad_clip": ">= 0",
+    "stages.coarse.iterations": "int >= 0",
+    "stages.coarse.num_frames": "int >= 1",
+    "stages.coarse.precision": "int >= 1",
+    "stages.coarse.zero_rate": "[0, 1]",
+    "stages.coarse.mirror_rate": "[0, 1]",
+    "stages.coarse.dynamic_cam_rate": "[0, 1]",
+    "stages.coarse.delta_polar": "[0, 180]",
+    "stages.coarse.delta_azimuth": "[0, 360]",
+    "stages.coarse.lambda_video": ">= 0",
+    "stages.coarse.lambda_zero123": ">= 0",
+    "stages.coarse.textureless_rate": "[0, 1]",
+    "stages.coarse.grad_clip": ">= 0",
+    "stages.fine.iterations": "int >= 0",
+    "stages.fine.cn_frames": "int >= 1",
+    "stages.fine.lambda_controlnet": ">= 0",
+    "stages.fine.lambda_video": ">= 0",
+    "stages.fine.lambda_zero123": ">= 0",
+    "stages.fine.textureless_rate": "[0, 1]",
+    "stages.fine.grad_clip": ">= 0",
 }

@@ -32,7 +32,6 @@ step -> loop (metrics JSON lines, checkpoints) -> evaluation (held-out PSNR/SSIM
   video are written by process 0 only.
 """
 
-import contextlib
 import json
 import os
 import time
@@ -42,15 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clitools.outputs import atomic_path, write_json, write_text
 from four_d import field as field_lib
 from four_d import metrics as metrics_lib
 from four_d import render as render_lib
+from four_d import train_loop
 from four_d.field import field_from_config
 from four_d.grid4d import grid_spec_from_config, level_mask_for_step, temporal_tv_loss
 from kernels.camera import camera_rays
@@ -183,34 +181,18 @@ def frame_rays(data, split="train"):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_mesh(num_devices=None):
-    """1D Mesh with axis "data" over the first num_devices devices (default all)."""
-    devs = jax.devices()
-    n = len(devs) if num_devices is None else int(num_devices)
-    if not 1 <= n <= len(devs):
-        raise ValueError(f"four_d/fit.py make_mesh: num_devices must be in [1, {len(devs)}], got {n}")
-    return Mesh(np.array(devs[:n]), ("data",))
-
-
-def _param_label(path, _leaf):
-    return "grid" if "tables" in path else "mlp"
+make_mesh = train_loop.make_mesh
+replicate = train_loop.replicate
+is_main_process = train_loop.is_main_process
+step_key = train_loop.step_key
+save_checkpoint = train_loop.save_checkpoint
+restore_checkpoint = train_loop.restore_checkpoint
 
 
 def make_optimizer(config):
-    """Adam per official settings: grid tables lr_grid, everything else lr_mlp (multi_transform)."""
-    o = config.optim
-
-    def adam(lr):
-        return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
-
-    tx = optax.multi_transform(
-        {"grid": adam(o.lr_grid), "mlp": adam(o.lr_mlp)},
-        lambda params: traverse_util.path_aware_map(_param_label, params),
-    )
-    if o.get("grad_clip", 0.0) and o.grad_clip > 0:
-        # official torch.nn.utils.clip_grad_value_(params, grad_clip) before the Adam step
-        tx = optax.chain(optax.clip(o.grad_clip), tx)
-    return tx
+    """Adam per official settings: grid tables lr_grid, everything else lr_mlp; optional value clipping
+    (optim.grad_clip, official clip_grad_value_ 1). Built by four_d.train_loop.make_optimizer."""
+    return train_loop.make_optimizer(config.optim)
 
 
 def init_state(config, model, optimizer, seed=None):
@@ -226,11 +208,6 @@ def init_state(config, model, optimizer, seed=None):
         rc = config.render
         state["occupancy"] = render_lib.init_occupancy(int(rc.occupancy_resolution), int(rc.occupancy_time_bins))
     return state
-
-
-def step_key(seed, step):
-    """The PRNG key of one training step: a pure function of (seed, step)."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
 
 
 # A separate stream for occupancy refreshes, so turning skipping on/off does not change the ray batches.
@@ -395,27 +372,8 @@ def make_train_step(config, model, optimizer, rays, background, mesh):
 
 
 def checkpoint_manager(out_dir, config):
-    opts = ocp.CheckpointManagerOptions(max_to_keep=int(config.fit.max_checkpoints), create=True,
-                                        enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, "checkpoints")), options=opts,
-                                 item_names=("state", "config"))
-
-
-def save_checkpoint(mngr, state, config):
-    step = int(state["step"])
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            config=ocp.args.JsonSave(config.to_dict())), force=True)
-    mngr.wait_until_finished()
-
-
-def restore_checkpoint(mngr, abstract_state):
-    """Latest (state, config dict), or (None, None) without checkpoints."""
-    step = mngr.latest_step()
-    if step is None:
-        return None, None
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                     config=ocp.args.JsonRestore()))
-    return out["state"], out["config"]
+    """fit's Orbax manager: OUT_DIR/checkpoints, fit.max_checkpoints kept (four_d.train_loop)."""
+    return train_loop.checkpoint_manager(os.path.join(out_dir, "checkpoints"), int(config.fit.max_checkpoints))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -442,25 +400,6 @@ def make_renderer(config, model, h, w, background, mesh=None, occupancy=None):
         num_samples=rc.num_samples, bound=rc.bound, min_near=rc.min_near,
         bg=jnp.asarray(background, jnp.float32), jitter=False, **kw)
     return lambda params, pose, K, t: fn(params, pose, K, jnp.float32(t), None)
-
-
-def replicate(tree, sharding):
-    """Every leaf as a global array replicated on `sharding` (a NamedSharding with spec P()).
-
-    Built from the host value with make_array_from_callback, which also works when the mesh spans
-    several processes (every process holds the same value and fills its own devices); device_put of
-    a process-local array onto devices of other processes does not.
-    """
-    def one(a):
-        host = np.asarray(jax.device_get(a))
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-    return jax.tree.map(one, tree)
-
-
-def is_main_process():
-    """True on the process that writes files (metrics, config/results JSON, videos): process 0."""
-    return jax.process_index() == 0
 
 
 def evaluate(renderer, params, data, split="test"):
@@ -506,29 +445,8 @@ def render_orbit_video(renderer, params, config, h, path, fps=25):
 # ------------------------------------------------------------------------------------------------
 
 
-def _clear_previous_run(out_dir):
-    """Remove the checkpoints and metrics of an earlier run in `out_dir` (a fresh start, not a resume)."""
-    import shutil
-
-    ckpt = os.path.join(out_dir, "checkpoints")
-    if os.path.isdir(ckpt):
-        shutil.rmtree(ckpt)
-    for name in ("metrics.jsonl", "results.json"):
-        path = os.path.join(out_dir, name)
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def _stop_requested(stop):
-    """True when `stop` asks to stop; with several processes, when any of them was asked (all agree)."""
-    flag = bool(stop.requested)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        flag = bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
-        if flag and not stop.requested and hasattr(stop, "request"):
-            stop.request()
-    return flag
+_clear_previous_run = train_loop.clear_previous_run
+_stop_requested = train_loop.stop_requested
 
 
 def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, video=True, evaluate_initial=True,
@@ -595,46 +513,22 @@ def fit(data_dir, out_dir, config, *, resume=False, mesh=None, progress=True, vi
     step_fn = make_train_step(config, model, optimizer, rays, data["background"], mesh)
     iters = int(config.fit.iterations)
     first = int(state["step"])
-    log_path = os.path.join(out_dir, "metrics.jsonl")
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=iters, initial=first, desc="four-d fit", leave=False)
+    def eval_hook(done, st, write_row):
+        if has_test and eval_every > 0 and done % eval_every == 0 and done != iters:
+            ev = evaluate(eval_renderer(st), st["params"], data)
+            row = {"step": done, "test_psnr": ev["psnr"], "test_ssim": ev["ssim"]}
+            results.setdefault("test_curve", []).append(row)
+            write_row(row)
+
     t0 = time.perf_counter()
-    stopped_at = None
-    # metrics are written by process 0 only (the file is opened there only)
-    with open(log_path, "a") if is_main_process() else contextlib.nullcontext() as log:
-        for step in range(first, iters):
-            state, m = step_fn(state, rays)
-            done = step + 1
-            if done % int(config.fit.log_every) == 0 or done == iters:
-                row = {"step": done, **{k: float(v) for k, v in m.items()}, "time": time.perf_counter() - t0}
-                if is_main_process():
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.4g}", psnr=f"{row['psnr']:.2f}")
-            if has_test and eval_every > 0 and done % eval_every == 0 and done != iters:
-                ev = evaluate(eval_renderer(state), state["params"], data)
-                row = {"step": done, "test_psnr": ev["psnr"], "test_ssim": ev["ssim"]}
-                results.setdefault("test_curve", []).append(row)
-                if is_main_process():
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-            if done % int(config.fit.checkpoint_every) == 0 or done == iters:
-                # collective on every process: orbax coordinates the hosts and writes the replicated
-                # state from the primary host (process 0) only
-                save_checkpoint(mngr, state, config)
-            if bar is not None:
-                bar.update(1)
-            if stop is not None and done != iters and _stop_requested(stop):
-                if done % int(config.fit.checkpoint_every) != 0:
-                    save_checkpoint(mngr, state, config)  # collective, like the periodic saves
-                stopped_at = done
-                break
-    if bar is not None:
-        bar.close()
+    # orbax saves are collective on every process: orbax coordinates the hosts and writes the
+    # replicated state from the primary host (process 0) only
+    state, stopped_at = train_loop.run_loop(
+        lambda st: step_fn(st, rays), state, first=first, last=iters,
+        log_path=os.path.join(out_dir, "metrics.jsonl"), log_every=int(config.fit.log_every),
+        checkpoint_every=int(config.fit.checkpoint_every), save=lambda st: save_checkpoint(mngr, st, config),
+        stop=stop, progress=progress, desc="four-d fit", hook=eval_hook)
     mngr.close()
 
     params = state["params"]

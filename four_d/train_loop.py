@@ -1,0 +1,194 @@
+"""The one training loop of four_d: `four-d fit` (four_d/fit.py) and the Animate124 stages (four_d/stages.py).
+
+What lives here (and nowhere else): the device Mesh, replication of host values onto it, the optimiser
+(Adam per official settings, grid / MLP learning rates, optional value clipping), the per-step PRNG key,
+the Orbax checkpoint manager (named items "state" and "config"), fresh-start clearing of an output folder,
+the stop agreement of several processes, and the loop itself (`run_loop`: JSON-lines metrics, periodic
+checkpoints, tqdm progress, graceful stop). The callers own their state layout and their jitted step.
+
+Multi-host: every process runs the same steps and the (collective) checkpoint saves; metrics files are
+written by process 0 only.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from jax.sharding import Mesh
+
+
+def make_mesh(num_devices=None):
+    """1D Mesh with axis "data" over the first num_devices devices (default all)."""
+    devs = jax.devices()
+    n = len(devs) if num_devices is None else int(num_devices)
+    if not 1 <= n <= len(devs):
+        raise ValueError(f"four_d/train_loop.py make_mesh: num_devices must be in [1, {len(devs)}], got {n}")
+    return Mesh(np.array(devs[:n]), ("data",))
+
+
+def replicate(tree, sharding):
+    """Every leaf as a global array replicated on `sharding` (a NamedSharding with spec P()).
+
+    Built from the host value with make_array_from_callback, which also works when the mesh spans
+    several processes (every process holds the same value and fills its own devices); device_put of
+    a process-local array onto devices of other processes does not.
+    """
+    def one(a):
+        host = np.asarray(jax.device_get(a))
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def is_main_process():
+    """True on the process that writes files (metrics, config/results JSON, videos): process 0."""
+    return jax.process_index() == 0
+
+
+def step_key(seed, step):
+    """The PRNG key of one training step: a pure function of (seed, step)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+
+
+def _param_label(path, _leaf):
+    return "grid" if "tables" in path else "mlp"
+
+
+def make_optimizer(optim, grad_clip=None):
+    """Adam per official settings: grid tables optim.lr_grid, everything else optim.lr_mlp (multi_transform).
+
+    optim: a configs/four_d.py `optim` section. grad_clip (default optim.grad_clip): > 0 clips every
+    gradient value to [-c, c] before Adam (official torch.nn.utils.clip_grad_value_), 0 disables.
+    """
+    o = optim
+
+    def adam(lr):
+        return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+
+    tx = optax.multi_transform(
+        {"grid": adam(o.lr_grid), "mlp": adam(o.lr_mlp)},
+        lambda params: traverse_util.path_aware_map(_param_label, params),
+    )
+    clip = float(o.get("grad_clip", 0.0) if grad_clip is None else grad_clip)
+    if clip > 0:
+        tx = optax.chain(optax.clip(clip), tx)
+    return tx
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_manager(ckpt_dir, max_to_keep):
+    """A synchronous Orbax CheckpointManager in ckpt_dir with named items "state" and "config"."""
+    opts = ocp.CheckpointManagerOptions(max_to_keep=int(max_to_keep), create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=opts, item_names=("state", "config"))
+
+
+def save_checkpoint(mngr, state, config):
+    """Save `state` (a pytree with an int "step") and `config` (ConfigDict, as JSON) at state["step"]."""
+    step = int(state["step"])
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(config.to_dict())), force=True)
+    mngr.wait_until_finished()
+
+
+def restore_checkpoint(mngr, abstract_state):
+    """Latest (state, config dict), or (None, None) without checkpoints."""
+    step = mngr.latest_step()
+    if step is None:
+        return None, None
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                     config=ocp.args.JsonRestore()))
+    return out["state"], out["config"]
+
+
+def clear_previous_run(out_dir, files=("metrics.jsonl", "results.json"), dirs=("checkpoints",)):
+    """Remove the checkpoints and metrics of an earlier run in `out_dir` (a fresh start, not a resume)."""
+    for name in dirs:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+    for name in files:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def stop_requested(stop):
+    """True when `stop` asks to stop; with several processes, when any of them was asked (all agree)."""
+    flag = bool(stop.requested)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flag = bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+        if flag and not stop.requested and hasattr(stop, "request"):
+            stop.request()
+    return flag
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------
+
+
+def run_loop(step_fn, state, *, first, last, log_path, log_every, checkpoint_every, save, stop=None,
+             progress=True, desc="train", hook=None, extra_row=None, postfix=("loss", "psnr")):
+    """Run steps first .. last - 1 of `step_fn(state) -> (state, metrics dict of scalars)`.
+
+    After each step (done = step + 1):
+      - every log_every steps and at `last`: one JSON line {"step": done, **metrics, **extra_row, "time"}
+        appended to log_path (process 0 only);
+      - hook(done, state, write_row) if given (write_row(dict) appends a line: evaluation curves);
+      - every checkpoint_every steps and at `last`: save(state) (collective on every process);
+      - a stop request (`stop.requested`, agreed over processes) ends the loop after the current step,
+        saving it first when the periodic save did not.
+    Returns (state, stopped_at): stopped_at is the step reached on a stop, else None.
+    """
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=last, initial=first, desc=desc, leave=False)
+    t0 = time.perf_counter()
+    stopped_at = None
+    extra_row = dict(extra_row or {})
+    # metrics are written by process 0 only (the file is opened there only)
+    with open(log_path, "a") if is_main_process() else contextlib.nullcontext() as log:
+
+        def write_row(row):
+            if is_main_process():
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+
+        for step in range(first, last):
+            state, m = step_fn(state)
+            done = step + 1
+            if done % int(log_every) == 0 or done == last:
+                row = {"step": done, **{k: float(v) for k, v in m.items()}, **extra_row,
+                       "time": time.perf_counter() - t0}
+                write_row(row)
+                if bar is not None:
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix if k in row})
+            if hook is not None:
+                hook(done, state, write_row)
+            if done % int(checkpoint_every) == 0 or done == last:
+                save(state)
+            if bar is not None:
+                bar.update(1)
+            if stop is not None and done != last and stop_requested(stop):
+                if done % int(checkpoint_every) != 0:
+                    save(state)
+                stopped_at = done
+                break
+    if bar is not None:
+        bar.close()
+    return state, stopped_at
