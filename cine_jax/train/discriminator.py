@@ -45,9 +45,24 @@ __all__ = ["MultiscaleDiscriminator", "NLayerDiscriminator", "downsample", "powe
 _F32 = jnp.float32
 
 
+def _window_counts(n):
+    """Valid (non-padding) taps of each output of a 3-tap, stride-2, pad-1 window over n inputs (NumPy)."""
+    out = (n + 2 - 3) // 2 + 1
+    starts = np.arange(out) * 2 - 1
+    return (np.minimum(starts + 3, n) - np.maximum(starts, 0)).astype(np.float32)
+
+
 def downsample(x):
-    """F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False) on [B, H, W, C]."""
-    return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)
+    """F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False) on [B, H, W, C].
+
+    The window sums come from lax.reduce_window; the divisors (valid taps per window) are computed in NumPy
+    from the static shape, because XLA spends minutes constant-folding the reduce_window of ones that
+    flax.linen.avg_pool(count_include_pad=False) builds for them.
+    """
+    sums = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+    counts = np.outer(_window_counts(x.shape[1]), _window_counts(x.shape[2]))
+    return sums / jnp.asarray(counts, x.dtype)[None, :, :, None]
 
 
 class _SpectralConvNoBias(nn.Module):
