@@ -24,7 +24,7 @@ def _cfg(steps=STEPS, **loop_kw):
     c = get_config("tiny")
     c.loop.steps = steps
     c.loop.checkpoint_every = 1000
-    c.loop.sample_every = 5
+    c.loop.sample_every = 10  # one sample (one extra compile of the generator)
     for k, v in loop_kw.items():
         c.loop[k] = v
     return c
@@ -80,6 +80,25 @@ def test_batches_are_deterministic_and_targets_are_the_scaled_flow(data):
     assert b3["inputs"][..., :3].min() >= -1 and b3["inputs"][..., :3].max() <= 1
 
 
+def test_real_clip_folders_get_estimated_flow_and_mask(tmp_path):
+    """A folder of plain frames (no flow.npy) is a real clip: DIS flow + speed mask (clips.py), then samples."""
+    from cine_jax import io
+    from cine_jax.train import motion
+
+    clip = procedural.make_clip([5, 0], size=(96, 128), frames=5, views=1)
+    os.makedirs(tmp_path / "real" / "river")
+    for t, fr in enumerate(clip["frames"]):
+        io.write_png(str(tmp_path / "real" / "river" / f"f{t}.png"), fr)
+    (got,) = motion.load_clips(str(tmp_path / "real"), _cfg(), "train")
+    inner = cv2.erode(clip["mask"].astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # away from the banks
+    err = np.linalg.norm(got["flow"][inner] - clip["flow"][inner], axis=-1)
+    assert np.median(err) < 0.25, np.median(err)  # the estimate is close to the exact river flow
+    assert got["mask"][inner].mean() > 0.9
+    np.testing.assert_array_equal(got["image"], np.round(clip["frames"][0] * 255).astype(np.uint8))
+    sample = motion.motion_sample(got, np.random.default_rng(0), 256, (1, 5))
+    assert 1 <= len(sample["hints"]) <= 5 and sample["inputs"].shape == (256, 256, 6)
+
+
 def test_training_reduces_the_flow_error(full_run):
     out, res = full_run
     rows = _rows(out)
@@ -87,8 +106,7 @@ def test_training_reduces_the_flow_error(full_run):
     epe = [r["epe"] for r in rows]
     assert np.mean(epe[-3:]) < 0.8 * np.mean(epe[:3]), epe
     assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_fm"]) for r in rows)
-    assert sorted(os.listdir(os.path.join(out, "samples"))) == [
-        "step_0000005_image_hints_pred_gt.png", "step_0000010_image_hints_pred_gt.png"]
+    assert os.listdir(os.path.join(out, "samples")) == ["step_0000010_image_hints_pred_gt.png"]
 
 
 def test_resume_is_bit_identical(data, full_run, tmp_path):

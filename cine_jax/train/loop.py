@@ -245,8 +245,8 @@ def run(stage, data_dir, out_dir, config, *, resume=False, overwrite=False, stop
     if resume:
         # the abstract state comes from the batch of step 0 (shapes only; no compute)
         probe = check_batch(next(iter(stage.batches(data_dir, config, "train", seed, 0))), bs, ndev, data_dir)
-        abstract = jax.eval_shape(lambda: {"stage": stage.init(init_key(seed), probe),
-                                           "step": jnp.zeros((), jnp.int32)})
+        key0 = init_key(seed)  # concrete: an init may draw host-side numbers from the key
+        abstract = jax.eval_shape(lambda: {"stage": stage.init(key0, probe), "step": jnp.zeros((), jnp.int32)})
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
         full = restore_checkpoint(mngr, abstract)
     first = 0 if full is None else int(full["step"])
