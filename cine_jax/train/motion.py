@@ -220,7 +220,12 @@ def numpy_init(module, key, *inputs):
     net's init on this project's machine, for numbers NumPy draws in milliseconds.
     """
     shapes = jax.eval_shape(module.init, key, *inputs)
-    rng = np.random.default_rng([int(k) for k in np.asarray(jax.random.key_data(key)).ravel()])
+    try:
+        seed = [int(k) for k in np.asarray(jax.random.key_data(key)).ravel()]
+    except jax.errors.TracerArrayConversionError:
+        # traced (the loop's jax.eval_shape of the stage's init, for restoring a checkpoint): shapes only
+        return jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), shapes)
+    rng = np.random.default_rng(seed)
 
     def fill(tree, fan_in=None):
         out = {}
