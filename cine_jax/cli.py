@@ -5,6 +5,8 @@
                                              (--weights W: the learned networks converted into W)
     cine-jax convert SRC --to DIR            official checkpoints (a file or a folder) -> converted weights
     cine-jax make-data DIR [--clips N ...]   procedural training clips with exact flow, depth, novel views
+    cine-jax train motion|render DATA --out DIR [--config tiny|paper] [--resume] [--overwrite] [--steps N]
+                                             train a network (OUT/weights is loadable by animate --weights)
 
 Config overrides: `--config.section.key=value` (e.g. `--config.io.max_side=512`); unknown keys fail.
 Errors (clitools): a bad input file, output folder, option or config value ends with exit code 2 and one line
@@ -73,6 +75,19 @@ def _parser():
     m.add_argument("--overwrite", action="store_true", help="replace clips in a folder that already holds files")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     errors.add_common_flags(m)
+
+    t = sub.add_parser("train", help="train the motion net (stage 1) or the feature net + decoder (stage 2)")
+    t.add_argument("stage", help="motion | render")
+    t.add_argument("data", help="data folder: clips of `cine-jax make-data`, folders of frames or videos "
+                                "(DATA/train and DATA/test when present)")
+    t.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl, samples/, weights/)")
+    t.add_argument("--config", default="", help="config variant: '' (= paper), 'paper' or 'tiny'")
+    t.add_argument("--steps", type=int, default=None, help="training steps (config loop.steps)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds an earlier run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    errors.add_common_flags(t)
     return ap
 
 
@@ -202,6 +217,60 @@ def cmd_convert(args, overrides):
     return 0
 
 
+TRAIN_STAGES = ("motion", "render")
+
+
+def _train_stage(name, cfg):
+    """make_stage of cine_jax.train.<name> (render is imported lazily: it may be absent)."""
+    import importlib
+
+    if name not in TRAIN_STAGES:
+        raise errors.InputError(f"train STAGE: unknown stage {name!r}; choose one of {', '.join(TRAIN_STAGES)}")
+    try:
+        mod = importlib.import_module(f"cine_jax.train.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"cine_jax.train.{name}":
+            raise
+        raise errors.InputError(f"train {name}: this cine-jax has no {name} stage (cine_jax/train/{name}.py is "
+                                "not installed)") from None
+    return mod.make_stage(cfg)
+
+
+def cmd_train(args, overrides):
+    from configs import cine_train
+
+    try:
+        cfg = cine_train.get_config(args.config or None)
+    except ValueError as e:
+        raise errors.InputError(f"--config: {e}") from None
+    apply_overrides(cfg, overrides)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise errors.InputError(f"--steps: must be >= 1, got {args.steps}")
+        cfg.loop.steps = args.steps
+    check_config(cfg, cine_train.RANGES)
+    if not os.path.isdir(args.data):
+        raise errors.InputError(f"{args.data}: data folder not found (DATA)")
+    stage = _train_stage(args.stage, cfg)
+    out = safe_out.prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
+    # read the data before any compute: a bad clip is a one-line error naming its file
+    next(iter(stage.batches(args.data, cfg, "train", int(cfg.loop.seed), 0)))
+    from cine_jax.train import loop
+    from clitools.signals import GracefulStop
+
+    with GracefulStop() as stop:
+        res = loop.run(stage, args.data, out, cfg, resume=args.resume, overwrite=args.overwrite, stop=stop,
+                       progress=not args.quiet)
+    if "stopped" in res:
+        print(f"{PROG} train {args.stage}: stopped by {stop.name} after step {res['stopped']} of {res['steps']}; "
+              f"continue with --resume", file=sys.stderr)
+        return stop.exit_code
+    print(f"weights: {res['weights']}")
+    print(f"metrics: {os.path.join(out, 'metrics.jsonl')}")
+    print(f"\ntry: {PROG} animate IMAGE --hints HINTS --weights {res['weights']} --out {out.rstrip(os.sep)}-animated")
+    return 0
+
+
 def _main(argv):
     known, overrides = split_overrides(argv)
     args = _parser().parse_args(known)
@@ -211,6 +280,8 @@ def _main(argv):
         return cmd_convert(args, overrides)
     if args.command == "make-data":
         return cmd_make_data(args, overrides)
+    if args.command == "train":
+        return cmd_train(args, overrides)
     return cmd_animate(args, overrides)
 
 

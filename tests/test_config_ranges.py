@@ -6,10 +6,10 @@ import re
 import pytest
 
 from clitools.errors import InputError
-from configs import cinemagraph, four_d, priors
+from configs import cine_train, cinemagraph, four_d, priors
 from configs.validate import check_config, lookup, numeric_leaves, violation
 
-CONFIG_MODULES = [cinemagraph, four_d, priors]
+CONFIG_MODULES = [cinemagraph, four_d, priors, cine_train]
 
 
 @pytest.mark.parametrize(
