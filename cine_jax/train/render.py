@@ -26,6 +26,7 @@ Export: `feature_net` and `img_decoder` via nets.checkpoints.save_converted, the
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import jax
@@ -110,9 +111,11 @@ def _load_cached(root, stamp, config_json):
     import ml_collections
 
     from cine_jax.train import procedural
+    from configs import cinemagraph
 
     del stamp
-    config = ml_collections.ConfigDict(__import__("json").loads(config_json))
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    sc = cinemagraph.get_config().scene  # the inference pipeline's scene settings (official defaults)
     names = sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "meta.json")))
     if not names:
         raise ValueError(f"{root}: no make-data clip folders (NAME/meta.json)")
@@ -129,7 +132,6 @@ def _load_cached(root, stamp, config_json):
                              "frame time (write the data with this version of `cine-jax make-data`)")
         n_end = clip["frames"].shape[0] - 1
         flow = _clip_flow(clip, config, i)
-        sc = __import__("configs.cinemagraph", fromlist=["get_config"]).get_config().scene
         sample = two_frame.prepare(_ldi(clip["frames"][0], clip["depth"], config),
                                    _ldi(clip["frames"][n_end], clip["depth"], config), flow, clip["K"],
                                    num_layers=int(config.render.max_layers), alpha_threshold=sc.alpha_threshold,
@@ -145,7 +147,7 @@ def load_clips(data_dir, config, split="train"):
     root = split_dir(data_dir, split)
     stamp = tuple(sorted((n, os.stat(os.path.join(root, n)).st_mtime_ns) for n in os.listdir(root)))
     keep = {"render": config.render.to_dict(), "loop": {"seed": int(config.loop.seed)}}
-    return _load_cached(os.path.abspath(root), stamp, __import__("json").dumps(keep, sort_keys=True))
+    return _load_cached(os.path.abspath(root), stamp, json.dumps(keep, sort_keys=True))
 
 
 def training_item(clip, rng):
