@@ -190,3 +190,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                                       "--source-depth", str(tmp_path / "d.npy")])
     assert "a.json" in _err(capsys, [str(tmp_path / "gt"), str(tmp_path / "gt"), "--out", out, "--cameras",
                                      str(tmp_path / "p1"), "--source-depth", str(tmp_path / "d.npy")])
+
+
+def test_a_video_file_is_a_trajectory(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    frames = [_texture(s) for s in range(3)]
+    _write_traj(tmp_path / "gt", "orbit", frames)
+    (tmp_path / "pred").mkdir()
+    iio.imwrite(tmp_path / "pred" / "orbit.gif", np.stack([_q(f) for f in frames]), loop=0)
+    out = tmp_path / "m.json"
+    assert cli.main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(out), "--quiet",
+                     "--no-lpips"]) == 0
+    r = json.loads(out.read_text())["trajectories"]["orbit"]
+    assert r["frames"] == 3 and r["psnr"] > 25  # GIF palette quantisation only
+    (tmp_path / "pred" / "orbit").mkdir()
+    assert cli.main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(out), "--quiet",
+                     "--no-lpips", "--overwrite"]) == 2
+    assert "both a folder and a video" in capsys.readouterr().err
