@@ -114,3 +114,18 @@ def test_tiny_training_lowers_the_loss(data, tmp_path):
     rows = [json.loads(x) for x in open(tmp_path / "out" / "metrics.jsonl")]
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["l1"] < rows[0]["l1"]
     assert os.path.isfile(os.path.join(res["weights"], "img_decoder.safetensors"))
+
+
+def test_layered_ldis_of_the_real_frames(data):
+    cfg = _config(render__max_layers=2)
+    clips = render_stage.load_clips(data, cfg, "train")
+    s = clips[0]["sample"]
+    h, w = SIZE
+    assert s["ldi_rgba"].shape == (2, 2, h, w, 4) and s["fields"].shape == (4, h, w, 2)
+    for side in range(2):
+        # the layers' visible masks partition the image; the side's points sit in its own layers' fields
+        np.testing.assert_array_equal(s["visible"][side].sum(0), np.ones((h, w)))
+        pts = (s["side"] == side) & s["valid"]
+        assert set(np.unique(s["layer"][pts])) <= {2 * side, 2 * side + 1}
+    # the end frame's fields are -M: where both sides show the same visible layer, they are opposite
+    np.testing.assert_allclose(s["fields"][:2].sum(0), -s["fields"][2:].sum(0), atol=1e-5)
