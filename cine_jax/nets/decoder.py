@@ -176,7 +176,8 @@ class DoubleConv(nn.Module):
 
 def _maxpool2(x):
     """nn.MaxPool2d(2): 2x2 windows, stride 2, odd trailing row / column dropped."""
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    # Python-scalar init: JAX's differentiable max-pool rule (an array init has no reverse-mode derivative)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 class _MaxPoolDoubleConv(nn.Module):

@@ -214,8 +214,10 @@ class ResUNet(nn.Module):
         kwp = dict(precision=self.precision, **kw)
         x = Conv2d(64, 7, 2, 3, "reflect", use_bias=False, name="conv1", **kwp)(x.astype(self.dtype))
         x = jax.nn.relu(BatchNormBatchStats(name="bn1", **kw)(x))
+        # max-pool 3x3 s2 p1; the init value is a Python scalar so JAX uses its differentiable max-pool rule
+        # (an array init value selects the generic reduce_window, which has no reverse-mode derivative)
         x = jax.lax.reduce_window(
-            x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+            x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
         )
         x1 = _Layer(64, 3, 1, False, name="layer1", **kwp)(x)
         x2 = _Layer(128, 4, 2, True, name="layer2", **kwp)(x1)

@@ -16,11 +16,17 @@ What a clip holds, all exact (no estimation anywhere):
 * flow [H, W, 2] (dx, dy) px/frame: that constant Eulerian field, zero off the river;
 * mask [H, W]: the moving (river) pixels; depth [H, W]: metric z-depth of the source view;
 * views: renders at time 0 from V camera offsets (metres, world-to-camera poses, OpenCV axes) with their
-  z-depth, and the cameras JSON `cine_jax.io.load_cameras` reads (K, K_source, poses, size).
+  z-depth, and the cameras JSON `cine_jax.io.load_cameras` reads (K, K_source, poses, size);
+* timed views (the render stage's novel-view targets): the same V cameras at the times `view_times` (frames,
+  default every frame 0..F-1), the river advected by t as in frame t: exact ray casts of the scene, so view k
+  at time t with a zero offset is frame t. The geometry is static (only the river's texture moves), so a view's
+  z-depth is the same at every time and is stored once.
 
 On disk (`write_dataset`), one folder per clip, written atomically:
-``frames/000.png ...``, ``depth.npy``, ``flow.npy``, ``mask.png``, ``cameras.json``, ``views/000.png ...``,
-``views/000_depth.npy ...``, ``meta.json``; and ``preview.png`` (a contact sheet of a few clips) at the top.
+``frames/000.png ...``, ``depth.npy``, ``flow.npy``, ``mask.png``, ``cameras.json``, ``views/000.png ...``
+(time 0), ``views/000_depth.npy ...``, ``views/000_t003.png ...`` (view 0 at time 3; time 0 is ``000.png``),
+``meta.json`` (``view_times``); and ``preview.png`` (a contact sheet of a few clips) at the top. Folders written
+before timed views existed (no ``view_times`` in meta.json) still read: their views are at time 0 only.
 """
 
 import json
@@ -124,7 +130,20 @@ def random_view_pose(rng, offset=VIEW_OFFSET, rotation_deg=VIEW_ROTATION):
     return P
 
 
-def make_clip(seed, size=(96, 128), frames=8, views=3, *, view_offset=VIEW_OFFSET, view_rotation=VIEW_ROTATION):
+def _check_view_times(view_times, frames):
+    if view_times is None:
+        return list(range(frames))
+    times = list(view_times)
+    if not times or any(not isinstance(t, int | np.integer) or isinstance(t, bool) or not 0 <= t < frames
+                        for t in times) or len(set(times)) != len(times):
+        raise ValueError(f"view_times must be distinct integers in [0, {frames - 1}] (frames), got {view_times!r}")
+    if 0 not in times:
+        times = [0] + times  # the time-0 views are always written (views/NNN.png)
+    return sorted(int(t) for t in times)
+
+
+def make_clip(seed, size=(96, 128), frames=8, views=3, *, view_offset=VIEW_OFFSET, view_rotation=VIEW_ROTATION,
+              view_times=None):
     """One procedural clip, a pure function of `seed` (an int or a sequence of ints for numpy's
     `default_rng`).
 
@@ -135,20 +154,26 @@ def make_clip(seed, size=(96, 128), frames=8, views=3, *, view_offset=VIEW_OFFSE
       in time; mask [H, W] bool (river pixels); surface [H, W] int32 (synthetic.GroundScene.render codes);
       K [3, 3] float64 (the source camera's, also used by the views);
       poses [V, 4, 4] float64 world-to-camera (world = source camera frame, metres);
-      views [V, H, W, 3] float32 renders at time 0; view_depth [V, H, W] float32;
+      views [V, H, W, 3] float32 renders at time 0; view_depth [V, H, W] float32 (the same at every time);
+      view_times [T] ints (sorted, holds 0; default every frame); timed_views [V, T, H, W, 3] float32: view k at
+      time view_times[j] (the river advected by that many frames, as in the frames);
       scene: the GroundScene (exact answers at any time / camera); seed.
+    The random draws do not depend on view_times: the same seed gives the same scene and cameras.
     """
     h, w = _check_size(size)
     if not (isinstance(frames, int | np.integer) and frames >= 2):
         raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
     if not (isinstance(views, int | np.integer) and views >= 1):
         raise ValueError(f"views must be an integer >= 1, got {views!r}")
+    times = _check_view_times(view_times, frames)
     rng = np.random.default_rng(seed)
     scene = random_scene(rng, (h, w))
     poses = np.stack([random_view_pose(rng, view_offset, view_rotation) for _ in range(views)])
     first = scene.render(time=0.0)
     imgs = [first["image"]] + [scene.render(time=float(t))["image"] for t in range(1, frames)]
     rendered = [scene.render(pose=P, time=0.0) for P in poses]
+    timed = np.stack([np.stack([r["image"] if t == 0 else scene.render(pose=P, time=float(t))["image"]
+                                for t in times]) for P, r in zip(poses, rendered)])
     return {
         "frames": np.stack(imgs),
         "depth": first["depth"],
@@ -159,6 +184,8 @@ def make_clip(seed, size=(96, 128), frames=8, views=3, *, view_offset=VIEW_OFFSE
         "poses": poses,
         "views": np.stack([r["image"] for r in rendered]),
         "view_depth": np.stack([r["depth"] for r in rendered]),
+        "view_times": times,
+        "timed_views": timed,
         "scene": scene,
         "seed": seed,
     }
@@ -182,10 +209,12 @@ def _meta(clip, size, frames):
         "moving_fraction": float(clip["mask"].mean()),
         "occluders": [{"kind": b.kind, "z": b.z, "params": list(b.params)} for b in sc.billboards],
         "view_time": 0,
+        "view_times": [int(t) for t in clip.get("view_times", [0])],
         "files": {"frames": "frames/NNN.png (time t = NNN frames)", "depth": "depth.npy (z-depth, metres)",
                   "flow": "flow.npy [H, W, 2] (dx, dy) px/frame", "mask": "mask.png (255 = moving)",
                   "cameras": "cameras.json (cine_jax.io.load_cameras)",
-                  "views": "views/NNN.png + views/NNN_depth.npy at time 0 from cameras.json poses[NNN]"},
+                  "views": "views/NNN.png + views/NNN_depth.npy at time 0 from cameras.json poses[NNN]",
+                  "timed_views": "views/NNN_tTTT.png: view NNN at time TTT frames (view_times; depth as time 0)"},
     }
 
 
@@ -204,6 +233,10 @@ def write_clip(clip, directory):
         for k, (img, d) in enumerate(zip(clip["views"], clip["view_depth"])):
             io.write_png(os.path.join(tmp, "views", f"{k:03d}.png"), img)
             np.save(os.path.join(tmp, "views", f"{k:03d}_depth.npy"), d.astype(np.float32))
+        for k, per_time in enumerate(clip.get("timed_views", ())):
+            for t, img in zip(clip["view_times"], per_time):
+                if t != 0:  # time 0 is views/NNN.png
+                    io.write_png(os.path.join(tmp, "views", f"{k:03d}_t{t:03d}.png"), img)
         K = np.asarray(clip["K"]).tolist()
         cams = {"K": K, "K_source": K, "size": [w, h], "poses": np.asarray(clip["poses"]).tolist()}
         with open(os.path.join(tmp, "cameras.json"), "w") as fh:
@@ -211,6 +244,49 @@ def write_clip(clip, directory):
         with open(os.path.join(tmp, "meta.json"), "w") as fh:
             json.dump(_meta(clip, (h, w), f), fh, indent=2)
     return os.fspath(directory)
+
+
+def _read_png(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), np.float32) / 255.0
+
+
+def read_clip(directory):
+    """Reads a clip folder written by `write_clip` (as 8-bit PNG values in [0, 1]). Returns dict(frames
+    [F, H, W, 3], depth [H, W], flow [H, W, 2], mask [H, W] bool, K [3, 3], poses [V, 4, 4], view_depth
+    [V, H, W], view_times [T], timed_views [V, T, H, W, 3]). Clips written before timed views existed have
+    view_times [0]. ValueError naming the file when one is missing or inconsistent."""
+    directory = os.fspath(directory)
+
+    def need(*parts):
+        p = os.path.join(directory, *parts)
+        if not os.path.isfile(p):
+            raise ValueError(f"{p}: file not found (a make-data clip folder holds it)")
+        return p
+
+    with open(need("meta.json")) as fh:
+        meta = json.load(fh)
+    n_frames, n_views = int(meta["frames"]), int(meta["views"])
+    times = [int(t) for t in meta.get("view_times", [0])]
+    cams = io.load_cameras(need("cameras.json"))
+    frames = np.stack([_read_png(need("frames", f"{t:03d}.png")) for t in range(n_frames)])
+    if len(cams["poses"]) != n_views:
+        raise ValueError(f"{need('cameras.json')}: {len(cams['poses'])} poses, meta.json says {n_views} views")
+    timed = np.stack([np.stack([_read_png(need("views", f"{k:03d}.png" if t == 0 else f"{k:03d}_t{t:03d}.png"))
+                                for t in times]) for k in range(n_views)])
+    return {
+        "frames": frames,
+        "depth": np.load(need("depth.npy")),
+        "flow": np.load(need("flow.npy")),
+        "mask": _read_png(need("mask.png"))[..., 0] > 0.5,
+        "K": np.asarray(cams["K_source"], np.float64),
+        "poses": np.asarray(cams["poses"], np.float64),
+        "view_depth": np.stack([np.load(need("views", f"{k:03d}_depth.npy")) for k in range(n_views)]),
+        "view_times": times,
+        "timed_views": timed,
+    }
 
 
 def preview_tiles(clip, name):
