@@ -88,3 +88,10 @@ def test_bad_arguments(tmp_path, config):
         previews.stage_previews(r, None, str(tmp_path), config, "a/b")
     with pytest.raises(ValueError, match="normal"):
         previews.stage_previews(lambda *a: dict(rgb=np.zeros((8, 8, 3))), None, str(tmp_path), config, "s", size=8)
+
+
+def test_normal_picture_semi_transparent():
+    """A composited normal sum_s w n with opacity 0.5 is (n + 1) / 2 over white with weight 0.5."""
+    n = np.array([[[0.0, -1.0, 1.0 / np.sqrt(2)]]], np.float32)
+    op = np.array([[0.5]], np.float32)
+    np.testing.assert_allclose(previews.normal_picture(0.5 * n, op), 0.5 * (n + 1) / 2 + 0.5, atol=1e-7)
