@@ -217,7 +217,8 @@ def _check_prompt(name, text):
 def _place(tree, mesh):
     from four_d.priors import common
 
-    tree = jax.tree.map(jnp.asarray, tree)
+    # ShapeDtypeStructs pass through: benchmarks/stages_memory.py builds Priors of shapes only (no weights)
+    tree = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jnp.asarray(x), tree)
     return tree if mesh is None else common.replicate(tree, mesh)
 
 
