@@ -1,6 +1,7 @@
 """XLA memory analysis of one training step of each Animate124 stage at the paper's sizes, without weights.
 
     python benchmarks/stages_memory.py [--stages static coarse fine] [--prior-dtype bfloat16]
+                                       [--vae-frames-per-chunk K] [--train-chunk R]
 
 Everything is shapes: the 4D field's parameters and Adam state come from jax.eval_shape of its init (float32,
 configs/four_d.py "paper": 16 levels, table 2^16, finest 2048, T = 64 time grids in the dynamic stages, 1 in the
@@ -26,6 +27,9 @@ pieces, per the official scripts (../shared/reference/animate124.md sections 2-5
            UNet (memory-efficient attention, as the config default).
   Then value_and_grad w.r.t. the field parameters, optax (official Adam, gradient value clip 1 in the dynamic
   stages) and the update, with the train state donated.
+Memory options (same values, less memory; defaults = the configs' official settings): --vae-frames-per-chunk K is
+config video.vae_frames_per_chunk (the video prior's VAE encoder K frames at a time under jax.checkpoint),
+--train-chunk R is config render.train_chunk (rays per rematerialised render chunk).
 Reference-view steps (every 4th, no SDS) are smaller than these and not listed. The CPU compiler computes bfloat16
 through float32, so bfloat16 temporaries overstate what a GPU compile would need.
 Writes benchmarks/results/stages_memory.json.
@@ -76,7 +80,7 @@ def field_state(cfg, time_grids, optimizer):
     return model, params, opt_state
 
 
-def prior_params(kinds, dname):
+def prior_params(kinds, dname, vae_frames_per_chunk=None):
     """(dict kind -> (param shapes, fn)) built through four_d.stage_priors' Prior constructors, shapes only."""
     from diffusers import FlaxAutoencoderKL, FlaxControlNetModel, FlaxUNet2DConditionModel
 
@@ -87,6 +91,8 @@ def prior_params(kinds, dname):
     pc = priors_config("paper")
     for section in (pc.sd, pc.zero123, pc.video, pc.controlnet):
         section.dtype = dname
+    if vae_frames_per_chunk is not None:
+        pc.video.vae_frames_per_chunk = int(vae_frames_per_chunk)
     alphas = pb._alphas()
     vae = FlaxAutoencoderKL.from_config(pb.SD15_VAE, dtype=dtype)
     vae_s = pb._cast_shapes(pb._shapes(vae), dtype)
@@ -191,15 +197,17 @@ def batch_shapes(cfg, frames):
                 polar=_sds((frames,)), azimuth=_sds((frames,)), radius=_sds((frames,)))
 
 
-def stage_row(bench, stage, dname):
+def stage_row(bench, stage, dname, vae_frames_per_chunk=None, train_chunk=None):
     kinds = sp.STAGE_PRIORS[stage]
     cfg = four_d_config("paper")
+    if train_chunk is not None:
+        cfg.render.train_chunk = int(train_chunk)
     time_grids = 1 if stage == "static" else int(cfg.grid.time_grid_size)
     if stage == "static":
         cfg.optim.grad_clip = 0.0  # official: no gradient clipping in the static stage
     optimizer = make_optimizer(cfg)
     model, params, opt_state = field_state(cfg, time_grids, optimizer)
-    priors, pc = prior_params(kinds, dname)
+    priors, pc = prior_params(kinds, dname, vae_frames_per_chunk)
     frozen = params if stage == "fine" else {}
     step = make_step(stage, cfg, model, optimizer, priors, pc)
     frames = 1 if stage == "static" else FRAMES
@@ -210,6 +218,7 @@ def stage_row(bench, stage, dname):
     field_gib = pb._bytes(params) / GIB
     prior_gib = pb._bytes([p for p, _ in priors.values()]) / GIB
     row = dict(stage=stage, priors="+".join(kinds), prior_dtype=dname, frames=frames, time_grids=time_grids,
+               train_chunk=int(cfg.render.train_chunk), vae_frames_per_chunk=int(pc.video.vae_frames_per_chunk),
                field_params_gib=round(field_gib, 3), prior_params_gib=round(prior_gib, 3),
                compile_s=round(ctime, 1))
     if mem is not None:
@@ -228,15 +237,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stages", nargs="+", default=list(sp.STAGES), choices=sp.STAGES)
     p.add_argument("--prior-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--vae-frames-per-chunk", type=int, default=None, help="config video.vae_frames_per_chunk")
+    p.add_argument("--train-chunk", type=int, default=None, help="config render.train_chunk")
     args = p.parse_args(argv)
     bench = Bench("stages_memory")
     bench.meta["note"] = "shapes only (jax.eval_shape); XLA memory_analysis() of the compiled step on this backend"
     for stage in args.stages:
-        stage_row(bench, stage, args.prior_dtype)
+        stage_row(bench, stage, args.prior_dtype, args.vae_frames_per_chunk, args.train_chunk)
+    tags = [] if args.stages == list(sp.STAGES) else list(args.stages)
+    if args.vae_frames_per_chunk is not None:
+        tags.append(f"vae{args.vae_frames_per_chunk}")
+    if args.train_chunk is not None:
+        tags.append(f"chunk{args.train_chunk}")
     path = None
-    if args.stages != list(sp.STAGES):
+    if tags:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                            f"stages_memory_{'_'.join(args.stages)}.json")
+                            f"stages_memory_{'_'.join(tags)}.json")
     bench.report(path)
 
 
