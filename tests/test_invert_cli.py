@@ -88,8 +88,9 @@ def test_invert_bad_inputs_one_line(tmp_path, capsys, case, match):
     elif case == "bad config":
         argv["config"] = "huge"
     out_dir = tmp_path / "out"
-    code, out, err = run(["invert", argv["image"], "--token", argv["token"], "--init-word", argv["init"], "--sd", argv["sd"],
-                          "--out", str(out_dir), "--steps", argv["steps"], "--config", argv["config"]], capsys)
+    code, out, err = run(["invert", argv["image"], "--token", argv["token"], "--init-word", argv["init"],
+                          "--sd", argv["sd"], "--out", str(out_dir), "--steps", argv["steps"],
+                          "--config", argv["config"]], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("four-d: error:") and match in lines[0], err
