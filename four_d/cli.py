@@ -7,6 +7,15 @@
 
   four-d eval FRAMES --prompt "a panda is dancing" --image IMAGE --clip DIR [--out results.json] [--overwrite]
 
+  four-d invert IMAGE --token _panda_ --init-word panda --sd DIR --out OUT [--config tiny|paper] [--steps N]
+                [--seed S] [--overwrite] [--config.textual_inversion.key=value ...]
+
+`invert` learns the textual-inversion token of the fine stage from the reference image (official
+scripts/textual_inversion/textual_inversion_sd.sh: 3000 steps, batch 16, 512 px, on SD 1.5; four_d/priors/
+textual_inversion.py) and writes OUT/learned_embeds.safetensors (and .bin when torch is installed) plus the
+learned_embeds-steps-N files every save_steps, in the format `four-d animate --weights` reads: write into the
+weights folder (`--out WEIGHTS --overwrite`) or copy the file there. An RGBA image is put over white.
+
 `eval` scores frames at the reference view over time (a video file or a folder of images) with CLIP-I, CLIP-T,
 CLIP-R and CLIP-F (definitions: four_d/evaluate.py), prints a table and writes the JSON atomically to --out.
 `fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
@@ -74,7 +83,76 @@ def _parser():
     ev.add_argument("--batch-size", type=int, default=8, help="frames per CLIP forward pass")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     errors.add_common_flags(ev)
+
+    inv = sub.add_parser("invert", help="textual inversion: learn a token for the reference image (SD 1.5)")
+    inv.add_argument("image", help="the reference image (RGBA is put over white)")
+    inv.add_argument("--token", required=True, help="the new token, e.g. _panda_ (used as <token> in prompts)")
+    inv.add_argument("--init-word", required=True, help="a single-token word that initialises it, e.g. panda")
+    inv.add_argument("--sd", required=True, help="local Stable Diffusion 1.5 folder (diffusers layout)")
+    inv.add_argument("--out", required=True, help="output folder for learned_embeds.*")
+    inv.add_argument("--config", default=None, help="configs/priors.py variant: tiny | paper")
+    inv.add_argument("--steps", type=int, default=None, help="training steps (default: config, official 3000)")
+    inv.add_argument("--seed", type=int, default=0)
+    inv.add_argument("--no-progress", action="store_true")
+    inv.add_argument("--overwrite", action="store_true", help="write into a folder that holds files")
+    errors.add_common_flags(inv)
     return p
+
+
+def _invert(args, overrides):
+    """four-d invert: image, token, init word, SD folder, config and output folder are checked before training."""
+    import os
+
+    import numpy as np
+
+    from configs.priors import RANGES, get_config
+    from configs.validate import check_config
+    from four_d import preprocess
+    from four_d.stage_priors import _check_model_folder
+
+    try:
+        config = get_config(args.config)
+    except ValueError as e:
+        raise errors.InputError(f"--config: {e}") from None
+    if args.steps is not None:
+        if args.steps < 1:
+            raise errors.InputError(f"--steps: must be >= 1, got {args.steps}")
+        overrides = list(overrides) + [f"textual_inversion.steps={args.steps}"]
+    config = check_config(apply_overrides(config, overrides), RANGES)
+    token = args.token
+    if not token or any(c.isspace() for c in token):
+        raise errors.InputError(f"--token: must be one word without spaces, got {token!r}")
+    if not args.init_word.strip():
+        raise errors.InputError("--init-word: must be a word such as 'panda'")
+    rgb, alpha = preprocess.load_image(args.image)
+    if alpha is not None:  # over white, as zero123's reference
+        rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
+    if not os.path.isdir(args.sd):
+        raise errors.InputError(f"--sd {args.sd}: folder not found")
+    _check_model_folder(args.sd, "sd", ("fine",))
+    from four_d.priors import loading
+    from four_d.priors.textual_inversion import _single_token_id
+
+    tokenizer = loading.load_tokenizer(os.path.join(args.sd, "tokenizer"))
+    if token in tokenizer.get_vocab() or len(tokenizer.encode(token, add_special_tokens=False)) == 1:
+        raise errors.InputError(f"--token: {token!r} is already a token of {args.sd}/tokenizer (pick a new word, "
+                                "e.g. _panda_)")
+    try:
+        _single_token_id(tokenizer, args.init_word)
+    except ValueError:
+        n = len(tokenizer.encode(args.init_word, add_special_tokens=False))
+        raise errors.InputError(f"--init-word: {args.init_word!r} is {n} tokens of {args.sd}/tokenizer, it must be "
+                                "one") from None
+    out = safe_out.prepare_output_dir(args.out, overwrite=args.overwrite)
+    from four_d.priors.textual_inversion import train_textual_inversion
+
+    res = train_textual_inversion(args.sd, np.clip(rgb, 0.0, 1.0).astype(np.float32), token, args.init_word, out,
+                                  config.textual_inversion, seed=args.seed, progress=not args.no_progress)
+    final = os.path.join(out, "learned_embeds.safetensors")
+    print(json.dumps(dict(token=token, init_word=args.init_word, steps=int(config.textual_inversion.steps),
+                          final_loss=float(res["losses"][-1]), learned_embeds=final,
+                          files=[os.path.basename(p) for p in res["paths"]]), indent=1))
+    return 0
 
 
 def _eval(args):
@@ -134,6 +212,9 @@ def _main(argv):
                                     radius=args.radius, fovy=args.fovy, seed=args.seed)
         print(path)
         return 0
+
+    if args.command == "invert":
+        return _invert(args, overrides)
 
     if args.command == "eval":
         if overrides:
