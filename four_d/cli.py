@@ -5,7 +5,12 @@
              [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]]
              [--config.section.key=value ...]
 
-  four-d eval FRAMES --prompt "a panda is dancing" --image IMAGE --clip DIR [--out results.json] [--overwrite]
+  four-d animate IMAGE --prompt "a panda" --motion-prompt "a panda is dancing" --weights DIR --out OUT
+                 [--token-prompt "a <token> is dancing"] [--mask M] [--depth D] [--config tiny|paper]
+                 [--stages static,coarse,fine] [--resume | --overwrite] [--devices N] [--preview-size S]
+                 [--config.section.key=value ...] [--config.priors.section.key=value ...]
+
+  four-d eval FRAMES|OUT --prompt "a panda is dancing" --image IMAGE --clip DIR [--out results.json] [--overwrite]
 
   four-d invert IMAGE --token _panda_ --init-word panda --sd DIR --out OUT [--config tiny|paper] [--steps N]
                 [--seed S] [--overwrite] [--config.textual_inversion.key=value ...]
@@ -15,6 +20,13 @@ scripts/textual_inversion/textual_inversion_sd.sh: 3000 steps, batch 16, 512 px,
 textual_inversion.py) and writes OUT/learned_embeds.safetensors (and .bin when torch is installed) plus the
 learned_embeds-steps-N files every save_steps, in the format `four-d animate --weights` reads: write into the
 weights folder (`--out WEIGHTS --overwrite`) or copy the file there. An RGBA image is put over white.
+
+`animate` runs Animate124 (four_d/animate.py): the reference is preprocessed into OUT/reference/, the --weights
+folder (sd15/, zero123-xl/, modelscope/, controlnet-tile/, learned_embeds.* for --token-prompt; only the folders
+the requested stages read) is checked before any compute, then the stages run into OUT/<stage>/ (Orbax
+checkpoints, metrics.jsonl) and every finished stage gets preview videos on the test orbit, a contact sheet and
+its reference-view frames (OUT/<stage>/reference_view/, what `four-d eval OUT` scores). SIGINT/SIGTERM: the
+current step finishes, its checkpoint is written, exit 130/143; `--resume` continues exactly.
 
 `eval` scores frames at the reference view over time (a video file or a folder of images) with CLIP-I, CLIP-T,
 CLIP-R and CLIP-F (definitions: four_d/evaluate.py), prints a table and writes the JSON atomically to --out.
@@ -74,8 +86,31 @@ def _parser():
     fit.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds files")
     errors.add_common_flags(fit)
 
+    an = sub.add_parser("animate", help="Animate124: image + prompts -> a dynamic 4D field (static, coarse, fine)")
+    an.add_argument("image", help="the reference image (RGBA: its alpha is the object mask)")
+    an.add_argument("--prompt", required=True, help="static prompt (SD 1.5), e.g. 'a panda'")
+    an.add_argument("--motion-prompt", required=True, help="video prompt, e.g. 'a panda is dancing'")
+    an.add_argument("--token-prompt", default=None, help="fine-stage prompt with the textual-inversion token, "
+                    "e.g. 'a <token> is dancing' (needs WEIGHTS/learned_embeds.*; four-d invert)")
+    an.add_argument("--weights", required=True, help="folder with sd15/, zero123-xl/, modelscope/, controlnet-tile/")
+    an.add_argument("--out", required=True)
+    an.add_argument("--mask", default=None, help="object mask image (default: the image's alpha, else GrabCut)")
+    an.add_argument("--depth", default=None, help="reference depth (.npy / .png; default: cine_jax depth estimate)")
+    an.add_argument("--config", default=None, help="configs/four_d.py (and configs/priors.py) variant: tiny | paper")
+    an.add_argument("--stages", default="static,coarse,fine", help="comma-separated subset, in order")
+    an.add_argument("--size", type=int, default=256, help="square reference size (official --size 256)")
+    an.add_argument("--border-ratio", type=float, default=0.2, help="object border (official --border_ratio 0.2)")
+    an.add_argument("--preview-size", type=int, default=None, help="preview render size (default stages.render_size)")
+    an.add_argument("--devices", type=int, default=None, help="devices in the data mesh (default all)")
+    an.add_argument("--seed", type=int, default=0, help="GrabCut and zero123 reference-latent seed")
+    an.add_argument("--resume", action="store_true", help="continue every stage from its last checkpoint in --out")
+    an.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds files")
+    an.add_argument("--no-progress", action="store_true")
+    errors.add_common_flags(an)
+
     ev = sub.add_parser("eval", help="CLIP-I / CLIP-T / CLIP-R / CLIP-F of frames at the reference view")
-    ev.add_argument("frames", help="video file (mp4, gif, ...) or folder of images, in time order")
+    ev.add_argument("frames", help="video file (mp4, gif, ...), folder of images in time order, or an animate OUT "
+                    "folder (its last finished stage's reference-view frames)")
     ev.add_argument("--prompt", required=True, help="the caption (CLIP-T, CLIP-R)")
     ev.add_argument("--image", required=True, help="the reference image (CLIP-I); RGBA is put over white")
     ev.add_argument("--clip", required=True, help="local CLIP folder (e.g. openai/clip-vit-large-patch14)")
@@ -155,6 +190,57 @@ def _invert(args, overrides):
     return 0
 
 
+def _animate(args, overrides):
+    """four-d animate: options, config, reference files and the weights folder are checked before any compute."""
+    import os
+
+    from clitools.signals import GracefulStop
+    from configs import four_d as four_d_cfg
+    from configs import priors as priors_cfg
+    from configs.validate import check_config
+    from four_d import animate as animate_lib
+    from four_d import preprocess, stage_priors, train_loop
+
+    if args.resume and args.overwrite:
+        raise errors.InputError("--resume continues the run in --out; --overwrite starts afresh: give one")
+    for flag, value in (("--size", args.size), ("--preview-size", args.preview_size), ("--devices", args.devices)):
+        if value is not None and value < (8 if "size" in flag else 1):
+            raise errors.InputError(f"{flag}: must be >= {8 if 'size' in flag else 1}, got {value}")
+    if not 0.0 <= args.border_ratio < 1.0:
+        raise errors.InputError(f"--border-ratio: must be in [0, 1), got {args.border_ratio}")
+    stages = animate_lib.parse_stages(args.stages)
+    for flag, text in (("--prompt", args.prompt), ("--motion-prompt", args.motion_prompt)):
+        if not text.strip():
+            raise errors.InputError(f"{flag}: must be a non-empty prompt")
+    try:
+        config, pconfig = four_d_cfg.get_config(args.config), priors_cfg.get_config(args.config)
+    except ValueError as e:
+        raise errors.InputError(f"--config: {e}") from None
+    mine = [o for o in overrides if not o.startswith("priors.")]
+    theirs = [o[len("priors."):] for o in overrides if o.startswith("priors.")]
+    config = check_config(apply_overrides(config, mine), four_d_cfg.RANGES)
+    pconfig = check_config(apply_overrides(pconfig, theirs), priors_cfg.RANGES)
+    # cheap checks of every input file before the output folder is touched or a model is read
+    preprocess.load_image(args.image)
+    stage_priors.check_weights_dir(args.weights, stages, args.token_prompt if "fine" in stages else None)
+    safe_out.prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
+    mesh = train_loop.make_mesh(args.devices)
+    with GracefulStop() as stop:
+        res = animate_lib.animate(args.image, args.prompt, args.motion_prompt, args.weights, args.out, config,
+                                  pconfig, token_prompt=args.token_prompt, stages=stages, mask=args.mask,
+                                  depth=args.depth, resume=args.resume, stop=stop, mesh=mesh,
+                                  progress=not args.no_progress, preview_size=args.preview_size, size=args.size,
+                                  border_ratio=args.border_ratio, seed=args.seed)
+    if res["stopped"] is not None:
+        if train_loop.is_main_process():
+            print(f"{PROG} animate: stopped by {stop.name} after global step {res['stopped']}; checkpoint written, "
+                  f"continue with the same command and --resume", file=sys.stderr)
+        return stop.exit_code
+    if train_loop.is_main_process():
+        print(os.path.join(os.path.abspath(args.out), "animate.json"))
+    return 0
+
+
 def _eval(args):
     """four-d eval: every input is read and checked before any model compute."""
     import os
@@ -175,14 +261,19 @@ def _eval(args):
         parent = os.path.dirname(out)
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
             raise errors.InputError(f"{args.out}: folder {parent} does not exist or is not writable")
-    frames = evaluate.read_frames(args.frames)
+    from four_d.animate import latest_reference_view
+
+    source = args.frames
+    if os.path.isdir(source):
+        source = latest_reference_view(source) or source
+    frames = evaluate.read_frames(source)
     reference = evaluate.read_image(args.image, f"--image {args.image}")
     if not os.path.isdir(args.clip):
         raise errors.InputError(f"--clip {args.clip}: CLIP folder not found")
     clip = evaluate.load_clip(args.clip)
     evaluate.tokenize(clip, [args.prompt])  # a prompt too long for CLIP fails here, before the image tower runs
     res = evaluate.evaluate(clip, frames, reference, args.prompt, batch_size=args.batch_size)
-    res.update(frames=os.path.abspath(args.frames), image=os.path.abspath(args.image),
+    res.update(frames=os.path.abspath(source), image=os.path.abspath(args.image),
                clip=os.path.abspath(args.clip), protocol=evaluate.PROTOCOL)
     print(evaluate.format_table(res))
     if out:
@@ -212,6 +303,9 @@ def _main(argv):
                                     radius=args.radius, fovy=args.fovy, seed=args.seed)
         print(path)
         return 0
+
+    if args.command == "animate":
+        return _animate(args, overrides)
 
     if args.command == "invert":
         return _invert(args, overrides)
