@@ -6,6 +6,8 @@
 * outputs.py  -- output folders refused when they already hold files (unless --overwrite / --resume),
                  checked before any compute; results written under a temporary name and renamed when complete.
 * signals.py  -- SIGINT/SIGTERM during a training loop: finish the step, checkpoint, exit (resume continues).
+* checkpoints.py -- the Orbax checkpoint helpers and the collective stop decision of both training loops.
 
-The package imports neither cine_jax nor four_d (both import it), and nothing here imports jax.
+The package imports neither cine_jax nor four_d (both import it); jax / orbax are imported only inside
+checkpoints.py's functions, so importing clitools stays light.
 """

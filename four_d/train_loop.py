@@ -19,9 +19,16 @@ import time
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import traverse_util
 from jax.sharding import Mesh
+
+# the Orbax helpers and the collective stop decision are shared with cine_jax/train/loop.py
+from clitools.checkpoints import (  # noqa: F401  (part of this module's interface)
+    checkpoint_manager,
+    restore_checkpoint,
+    save_checkpoint,
+    stop_requested,
+)
 
 
 def make_mesh(num_devices=None):
@@ -87,30 +94,6 @@ def make_optimizer(optim, grad_clip=None):
 # ------------------------------------------------------------------------------------------------
 
 
-def checkpoint_manager(ckpt_dir, max_to_keep):
-    """A synchronous Orbax CheckpointManager in ckpt_dir with named items "state" and "config"."""
-    opts = ocp.CheckpointManagerOptions(max_to_keep=int(max_to_keep), create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=opts, item_names=("state", "config"))
-
-
-def save_checkpoint(mngr, state, config):
-    """Save `state` (a pytree with an int "step") and `config` (ConfigDict, as JSON) at state["step"]."""
-    step = int(state["step"])
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            config=ocp.args.JsonSave(config.to_dict())), force=True)
-    mngr.wait_until_finished()
-
-
-def restore_checkpoint(mngr, abstract_state):
-    """Latest (state, config dict), or (None, None) without checkpoints."""
-    step = mngr.latest_step()
-    if step is None:
-        return None, None
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                     config=ocp.args.JsonRestore()))
-    return out["state"], out["config"]
-
-
 def clear_previous_run(out_dir, files=("metrics.jsonl", "results.json"), dirs=("checkpoints",)):
     """Remove the checkpoints and metrics of an earlier run in `out_dir` (a fresh start, not a resume)."""
     for name in dirs:
@@ -121,18 +104,6 @@ def clear_previous_run(out_dir, files=("metrics.jsonl", "results.json"), dirs=("
         path = os.path.join(out_dir, name)
         if os.path.exists(path):
             os.remove(path)
-
-
-def stop_requested(stop):
-    """True when `stop` asks to stop; with several processes, when any of them was asked (all agree)."""
-    flag = bool(stop.requested)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        flag = bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
-        if flag and not stop.requested and hasattr(stop, "request"):
-            stop.request()
-    return flag
 
 
 # ------------------------------------------------------------------------------------------------

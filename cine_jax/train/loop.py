@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from clitools import checkpoints
 from clitools import outputs as safe_out
 
 __all__ = ["Stage", "make_mesh", "run", "shard_batch", "step_key", "replicate"]
@@ -123,50 +124,13 @@ def is_main_process():
     return jax.process_index() == 0
 
 
-def _stop_requested(stop):
-    """True when `stop` asks to stop; with several processes, when any of them was asked (all agree)."""
-    flag = bool(stop.requested)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        flag = bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
-        if flag and not stop.requested and hasattr(stop, "request"):
-            stop.request()
-    return flag
-
-
 # ------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------
 
 
 def checkpoint_manager(out_dir, keep):
-    import orbax.checkpoint as ocp
-
-    opts = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, "checkpoints")), options=opts,
-                                 item_names=("state", "config"))
-
-
-def save_checkpoint(mngr, full, config):
-    import orbax.checkpoint as ocp
-
-    step = int(full["step"])
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(full),
-                                            config=ocp.args.JsonSave(config.to_dict())), force=True)
-    mngr.wait_until_finished()
-
-
-def restore_checkpoint(mngr, abstract):
-    """The latest {"stage", "step"} tree, or None without checkpoints."""
-    import orbax.checkpoint as ocp
-
-    step = mngr.latest_step()
-    if step is None:
-        return None
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                     config=ocp.args.JsonRestore()))
-    return out["state"]
+    return checkpoints.checkpoint_manager(os.path.join(out_dir, "checkpoints"), keep)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,7 +212,7 @@ def run(stage, data_dir, out_dir, config, *, resume=False, overwrite=False, stop
         key0 = init_key(seed)  # concrete: an init may draw host-side numbers from the key
         abstract = jax.eval_shape(lambda: {"stage": stage.init(key0, probe), "step": jnp.zeros((), jnp.int32)})
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-        full = restore_checkpoint(mngr, abstract)
+        full, _ = checkpoints.restore_checkpoint(mngr, abstract)
     first = 0 if full is None else int(full["step"])
     batches = iter(stage.batches(data_dir, config, "train", seed, first))
     if full is None:
@@ -295,12 +259,12 @@ def run(stage, data_dir, out_dir, config, *, resume=False, overwrite=False, stop
             if int(lc.sample_every) > 0 and done % int(lc.sample_every) == 0 and is_main_process():
                 write_samples(out_dir, done, stage.samples(full["stage"], host))
             if done % int(lc.checkpoint_every) == 0 or done == steps:
-                save_checkpoint(mngr, full, config)  # collective: orbax writes from the primary host
+                checkpoints.save_checkpoint(mngr, full, config)  # collective: orbax writes from the primary host
             if bar is not None:
                 bar.update(1)
-            if stop is not None and done != steps and _stop_requested(stop):
+            if stop is not None and done != steps and checkpoints.stop_requested(stop):
                 if done % int(lc.checkpoint_every) != 0:
-                    save_checkpoint(mngr, full, config)
+                    checkpoints.save_checkpoint(mngr, full, config)
                 stopped_at = done
                 break
     if bar is not None:

@@ -37,6 +37,7 @@ import optax
 from cine_jax.train import losses, two_frame
 from cine_jax.train.discriminator import MultiscaleDiscriminator, power_iterate
 from cine_jax.train.loop import Stage
+from cine_jax.train.motion import split_dir
 
 __all__ = ["make_stage", "load_clips", "batches", "networks", "check_render_config"]
 
@@ -60,16 +61,7 @@ def check_render_config(config):
 
 
 # ------------------------------------------------------------------------------------------------ data
-def split_dir(data_dir, split):
-    """DATA/train or DATA for "train"; DATA/test for "test" (required)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    sub = os.path.join(data_dir, split)
-    if os.path.isdir(sub):
-        return sub
-    if split == "test":
-        raise ValueError(f"{data_dir}: no 'test' folder of held-out clips")
-    return data_dir
+# split_dir (DATA/train or DATA; DATA/test) is the motion stage's: both stages read the same clip folders
 
 
 def _ldi(image, depth, config):
