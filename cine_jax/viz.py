@@ -63,7 +63,7 @@ def flow_to_color(flow, max_mag=None):
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
 
-def depth_to_color(depth, mask=None, colormap=cv2.COLORMAP_INFERNO):
+def depth_to_color(depth, mask=None, colormap=cv2.COLORMAP_INFERNO, disparity_range=None):
     """Colour-codes z-depth ``[H, W]``: disparity ``1 / depth`` min-max normalised over the valid
     pixels and mapped with an OpenCV colormap (inferno: near = bright yellow, far = dark).
 
@@ -71,6 +71,8 @@ def depth_to_color(depth, mask=None, colormap=cv2.COLORMAP_INFERNO):
       depth: ``[H, W]`` positive z-depth.
       mask: optional ``[H, W]``; pixels with mask <= 0.5 (and non-finite or non-positive depth) are
         invalid and drawn black.
+      disparity_range: optional ``(lo, hi)`` disparity mapped to the colormap's ends instead of this
+        image's own min / max (one range over the frames of a video, so it does not flicker).
     Returns:
       ``[H, W, 3]`` float32 in [0, 1].
     """
@@ -86,8 +88,8 @@ def depth_to_color(depth, mask=None, colormap=cv2.COLORMAP_INFERNO):
             raise ValueError(f"depth_to_color: mask shape {m.shape} does not match depth {d.shape}")
         valid &= m.reshape(d.shape) > 0.5
     disp = np.where(valid, 1.0 / np.where(valid, d, 1.0), 0.0)
-    if valid.any():
-        lo, hi = disp[valid].min(), disp[valid].max()
+    if disparity_range is not None or valid.any():
+        lo, hi = disparity_range if disparity_range is not None else (disp[valid].min(), disp[valid].max())
         norm = (disp - lo) / (hi - lo) if hi > lo else np.ones_like(disp)
     else:
         norm = np.zeros_like(disp)

@@ -54,18 +54,15 @@ def normal_picture(normal, opacity):
 
 
 def depth_pictures(depths, opacities, threshold=0.5):
-    """Colour pictures [N, H, W, 3] of z-depths [N, H, W] with one disparity range over all frames."""
+    """Colour pictures [N, H, W, 3] of z-depths [N, H, W] with one disparity range over all frames
+    (cine_jax.viz.depth_to_color per frame; black where the opacity is below `threshold`)."""
+    from cine_jax.viz import depth_to_color
+
     depths = np.asarray(depths, np.float32)
     valid = (np.asarray(opacities) >= threshold) & np.isfinite(depths) & (depths > 0)
-    disp = np.where(valid, 1.0 / np.where(valid, depths, 1.0), 0.0)
-    if valid.any():
-        lo, hi = disp[valid].min(), disp[valid].max()
-        norm = (disp - lo) / (hi - lo) if hi > lo else np.ones_like(disp)
-    else:
-        norm = np.zeros_like(disp)
-    u8 = np.round(np.clip(norm, 0, 1) * 255).astype(np.uint8)
-    out = np.stack([cv2.cvtColor(cv2.applyColorMap(f, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for f in u8])
-    return np.where(valid[..., None], out.astype(np.float32) / 255.0, 0.0)
+    disp = 1.0 / np.where(valid, depths, 1.0)
+    rng = (float(disp[valid].min()), float(disp[valid].max())) if valid.any() else None
+    return np.stack([depth_to_color(d, v.astype(np.float32), disparity_range=rng) for d, v in zip(depths, valid)])
 
 
 def render_orbit(render, params, config, size):
