@@ -160,6 +160,21 @@ def replicate(tree, mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+class TextConditioned:
+    """Methods shared by the prior dataclasses that hold a CLIP text encoder (fields text_encoder, tokenizer,
+    alphas_cumprod; parameters apart, params["text_encoder"]): SD 1.x and the video prior."""
+
+    @property
+    def num_train_timesteps(self):
+        return int(self.alphas_cumprod.shape[0])
+
+    def encode_text(self, params, prompts):
+        return encode_text(self.text_encoder, params["text_encoder"], self.tokenizer, prompts)
+
+    def prompt_embeddings(self, params, text, negative="", suffixes=("front", "side", "back")):
+        return prompt_embeddings(self.text_encoder, params["text_encoder"], self.tokenizer, text, negative, suffixes)
+
+
 class SDSFunction:
     """A jit-compiled SDS loss `fn(params, key, *inputs, knobs)` with per-call knobs filled from the config.
 

@@ -25,7 +25,7 @@ from four_d.priors import common, loading, sds
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StableDiffusion:
+class StableDiffusion(common.TextConditioned):
     """The frozen modules of an SD 1.x folder (parameters live apart, in a dict: unet, vae, text_encoder)."""
 
     unet: object
@@ -34,17 +34,6 @@ class StableDiffusion:
     tokenizer: object
     alphas_cumprod: np.ndarray
     folder: str
-
-    @property
-    def num_train_timesteps(self):
-        return int(self.alphas_cumprod.shape[0])
-
-    def encode_text(self, params, prompts):
-        return common.encode_text(self.text_encoder, params["text_encoder"], self.tokenizer, prompts)
-
-    def prompt_embeddings(self, params, text, negative="", suffixes=("front", "side", "back")):
-        return common.prompt_embeddings(self.text_encoder, params["text_encoder"], self.tokenizer, text, negative,
-                                        suffixes)
 
 
 def load_text_encoder(folder, dtype=jnp.float32):

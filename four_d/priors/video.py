@@ -34,7 +34,7 @@ from four_d.priors import common, loading, sds
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class VideoPrior:
+class VideoPrior(common.TextConditioned):
     """A video diffusion model: UNet3D (unet3d.py layout), VAE, CLIP text encoder, schedule.
     Params live apart: dict(unet, vae, text_encoder)."""
 
@@ -44,17 +44,6 @@ class VideoPrior:
     tokenizer: object
     alphas_cumprod: np.ndarray
     folder: str = ""
-
-    @property
-    def num_train_timesteps(self):
-        return int(self.alphas_cumprod.shape[0])
-
-    def encode_text(self, params, prompts):
-        return common.encode_text(self.text_encoder, params["text_encoder"], self.tokenizer, prompts)
-
-    def prompt_embeddings(self, params, text, negative="", suffixes=("front", "side", "back")):
-        return common.prompt_embeddings(self.text_encoder, params["text_encoder"], self.tokenizer, text, negative,
-                                        suffixes)
 
 
 def load_video_prior(folder, dtype="float32", use_memory_efficient_attention=False):
