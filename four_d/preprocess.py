@@ -83,17 +83,21 @@ def load_image(path):
     return rgb, alpha
 
 
+def _load_npy(path, what):
+    """The array of a .npy file; ValueError naming the file when it is missing or unreadable."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: {what} file not found")
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: cannot read the {what} ({e})") from None
+
+
 def load_mask(path, shape):
     """bool [H, W] from a mask image (first channel > 127 of 255, > 32767 of 16-bit) or .npy (> 0.5); the size
     must be `shape` and the mask must not be empty."""
     if path.lower().endswith(".npy"):
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: mask file not found")
-        try:
-            m = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{path}: cannot read the mask ({e})") from None
-        m = np.asarray(m)
+        m = _load_npy(path, "mask")
         if m.dtype == bool:
             m = m.astype(np.float32)
         if not np.issubdtype(m.dtype, np.number):
@@ -121,12 +125,7 @@ def load_depth(path, shape, depth_kind="depth"):
     if depth_kind not in ("depth", "disparity"):
         raise ValueError(f"depth_kind: must be 'depth' or 'disparity', got {depth_kind!r}")
     if path.lower().endswith(".npy"):
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: depth file not found")
-        try:
-            d = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{path}: cannot read the depth ({e})") from None
+        d = _load_npy(path, "depth")
         if not np.issubdtype(np.asarray(d).dtype, np.number):
             raise ValueError(f"{path}: depth must be numeric, got dtype {np.asarray(d).dtype}")
     else:
