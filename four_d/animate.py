@@ -61,7 +61,7 @@ def reference_pose(config):
                                           float(config.cameras.radius)), np.float32)
 
 
-def preview_renderer(config, stage, size, params_occupancy=None, mesh=None):
+def preview_renderer(config, stage, size, mesh=None):
     """render(params, pose, K, t) -> dict(rgb, normal_image, depth, opacity) of a stage's field for people:
     white background, headlight lambertian shading with ambient 0.5 (normals always computed), no jitter."""
     import jax.numpy as jnp
