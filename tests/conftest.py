@@ -8,13 +8,7 @@ import os
 # Four fake CPU devices so sharded code paths are exercised and compared with the 1-device result.
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    _flags += " --xla_force_host_platform_device_count=4"
-# The 4 fake devices meet in in-process rendezvous at every collective. XLA:CPU aborts the whole process when one
-# device thread is more than 40 s late (its default), which happened once in CI (a stage step's collective-permute
-# inside a while loop, 2 xdist workers on 2 cores). A late thread is not a wrong result: wait up to 10 minutes.
-if "xla_cpu_collective_call_terminate_timeout_seconds" not in _flags:
-    _flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
-os.environ["XLA_FLAGS"] = _flags.strip()
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # A hub lookup retries for ~25 s before failing when offline; fail at once instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
