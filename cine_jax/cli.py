@@ -20,6 +20,7 @@ import sys
 
 from clitools import errors
 from clitools import outputs as safe_out
+from clitools.xla_cpu import size_cpu_pools
 from configs import cinemagraph as cinemagraph_config
 from configs.overrides import apply_overrides, split_overrides
 from configs.validate import check_config
@@ -324,6 +325,7 @@ def _main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    size_cpu_pools()  # before the CPU backend starts: several CPU devices need larger XLA pools (clitools/xla_cpu.py)
     return errors.run(_main, argv, PROG)
 
 

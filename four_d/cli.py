@@ -47,6 +47,7 @@ import sys
 
 from clitools import errors
 from clitools import outputs as safe_out
+from clitools.xla_cpu import size_cpu_pools
 from configs.overrides import apply_overrides, split_overrides
 
 PROG = "four-d"
@@ -367,6 +368,7 @@ def _main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    size_cpu_pools()  # before the CPU backend starts: several CPU devices need larger XLA pools (clitools/xla_cpu.py)
     return errors.run(_main, argv, PROG)
 
 

@@ -10,6 +10,11 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA:CPU's thread pools sized for the 4 devices (clitools/xla_cpu.py: with the default size, asynchronously
+# dispatched steps with collectives inside loops deadlock, and XLA aborts the worker after 40 s).
+from clitools.xla_cpu import size_cpu_pools  # noqa: E402
+
+size_cpu_pools()
 # A hub lookup retries for ~25 s before failing when offline; fail at once instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
