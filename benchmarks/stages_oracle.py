@@ -40,8 +40,10 @@ EVAL_POLARS = (70.0, 100.0)
 COARSE_TIMES = (0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)
 
 
-def bench_config(static_steps, coarse_steps, size, frames, reference=True):
+def bench_config(static_steps, coarse_steps, size, frames, reference=True, time_grids=None):
     c = get_config()
+    if time_grids is not None:
+        c.grid.time_grid_size = int(time_grids)
     c.stages.render_size = size
     c.stages.albedo_only = True
     c.stages.lambda_orient = 0.0
@@ -96,12 +98,32 @@ def held_out_psnr(scene, config, stage, params, size, times):
     return float(np.mean(psnrs)), pairs
 
 
+def per_time(pairs, times):
+    """Mean held-out PSNR per evaluation time of held_out_psnr's pairs (len(times) x 8 views, time-major)."""
+    n = len(eval_views())
+    ps = [float(-10 * np.log10(np.mean((pred - gt) ** 2) + 1e-12)) for gt, pred in pairs]
+    return [float(np.mean(ps[k * n:(k + 1) * n])) for k in range(len(times))]
+
+
+def times_sheet(pairs, times, views=(0, 2, 5, 7)):
+    """Picture [rows, cols, 3]: for each time a row of exact renders over a row of predictions, `views` only."""
+    n = len(eval_views())
+    rows = []
+    for k in range(len(times)):
+        sel = [pairs[k * n + v] for v in views]
+        rows.append(np.concatenate([p[0] for p in sel], 1))
+        rows.append(np.concatenate([p[1] for p in sel], 1))
+    return np.concatenate(rows, 0)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--static-steps", type=int, default=400)
     ap.add_argument("--coarse-steps", type=int, default=400)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--time-grids", type=int, default=None,
+                    help="grid.time_grid_size of the coarse stage (default: the CPU config's 16)")
     ap.add_argument("--latent", default="image", choices=oracle.LATENTS)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--work", default="/tmp/stages_oracle")
@@ -111,23 +133,27 @@ def main(argv=None):
                     help="comma list; 'coarse' alone continues from the finished static stage in --work")
     a = ap.parse_args(argv)
 
-    config = bench_config(a.static_steps, a.coarse_steps, a.size, a.frames, not a.no_reference)
+    config = bench_config(a.static_steps, a.coarse_steps, a.size, a.frames, not a.no_reference, a.time_grids)
     scene = scenes.make_scene("orbiting-spheres", shading="flat")
     rgba, depth = reference_inputs(scene)
     priors = oracle.make_oracle_priors(scene, kinds=("sd", "zero123", "video"), latent=a.latent)
     bench = Bench("stages_oracle")
     bench.meta.update(latent=a.latent, size=a.size, frames=a.frames, reference=not a.no_reference,
+                      time_grids=int(config.grid.time_grid_size), static_steps=a.static_steps,
+                      coarse_steps=a.coarse_steps,
                       note="2-core CPU shared by ~6 engineers: wall times are disturbed")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     curve = []
 
     def record(stage, done, params):
         times = (0.0,) if stage == "static" else COARSE_TIMES
         psnr, pairs = held_out_psnr(scene, config, stage, params, a.size, times)
-        row = dict(stage=stage, step=done, heldout_psnr=round(psnr, 2), wall_s=round(time.perf_counter() - t0, 1))
+        row = dict(stage=stage, step=done, heldout_psnr=round(psnr, 2), wall_s=round(time.perf_counter() - t0, 1),
+                   cpu_s=round(time.process_time() - c0, 1))
         if stage == "coarse":
-            row["psnr_t0"] = round(held_out_psnr(scene, config, stage, params, a.size, (0.0,))[0], 2)
-            row["psnr_t_gt0"] = round(held_out_psnr(scene, config, stage, params, a.size, COARSE_TIMES[1:])[0], 2)
+            per_t = per_time(pairs, times)
+            row.update({f"psnr_t{k}": round(v, 2) for k, v in enumerate(per_t)})
+            row["psnr_t_gt0"] = round(float(np.mean(per_t[1:])), 2)
         curve.append(row)
         print(row, flush=True)
         return pairs
@@ -166,7 +192,8 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     for row in curve:
         bench.add(f"{row['stage']}@{row['step']}", **{k: v for k, v in row.items() if k not in ("stage",)})
-    bench.meta.update(total_wall_s=round(wall, 1), peak_rss_gib=round(peak_rss_gib(), 2),
+    bench.meta.update(total_wall_s=round(wall, 1), total_cpu_s=round(time.process_time() - c0, 1),
+                      peak_rss_gib=round(peak_rss_gib(), 2),
                       final={st: [r for r in curve if r["stage"] == st][-1]["heldout_psnr"]
                              for st in ("static", "coarse") if any(r["stage"] == st for r in curve)})
     import imageio.v3 as iio
@@ -175,11 +202,13 @@ def main(argv=None):
     for stage, pairs in last_pairs.items():
         if not isinstance(pairs, list):
             continue
-        sel = pairs[8:16] if stage == "coarse" else pairs[:8]  # coarse: the views at t = 1/3
-        top = np.concatenate([p[0] for p in sel], 1)
-        bot = np.concatenate([p[1] for p in sel], 1)
+        if stage == "coarse":  # 4 views x the 4 times: per time, a row of exact renders over predictions
+            sheet = times_sheet(pairs, COARSE_TIMES)
+        else:
+            sel = pairs[:8]
+            sheet = np.concatenate([np.concatenate([p[0] for p in sel], 1), np.concatenate([p[1] for p in sel], 1)])
         iio.imwrite(os.path.join(a.work, f"{stage}_exact_over_pred.png"),
-                    (np.clip(np.concatenate([top, bot], 0), 0, 1) * 255).round().astype(np.uint8))
+                    (np.clip(sheet, 0, 1) * 255).round().astype(np.uint8))
     del out
     bench.report(a.out)
     return curve
