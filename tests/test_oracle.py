@@ -193,4 +193,6 @@ def test_coarse_stage_learns_the_motion_from_the_video_oracle(scene):
     after = psnr(state["params"], lambda t: t)
     mirrored = psnr(state["params"], lambda t: 1.0 - t)
     assert after > before + 4.0, (before, after)
+    # mutations of the stage's render times (four_d/stages.py sds_loss), this assertion's (after, mirrored):
+    # 1 - t: (14.18, 15.47); t + 1/3 (one time grid): (13.87, 14.70); frames reversed: (14.23, 15.05)
     assert after > mirrored + 0.75, (after, mirrored)
