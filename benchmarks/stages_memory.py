@@ -114,7 +114,8 @@ def prior_params(kinds, dname, vae_frames_per_chunk=None):
         cnet = FlaxControlNetModel.from_config(pb.SD15_CONTROLNET, dtype=dtype)
         model = cn_lib.ControlNetTile(sd_lib.StableDiffusion(cunet, vae, None, None, alphas, ""), cnet, "")
         cn_emb = {k: _sds((pb.TEXT_LEN, pb.TEXT_DIM)) for k in ("uncond", "cond")}
-        params = dict(unet=unet_s, vae=vae_s, controlnet=pb._cast_shapes(pb._shapes(cnet), dtype))
+        params = dict(unet=pb._cast_shapes(pb._shapes(cunet), dtype), vae=vae_s,
+                      controlnet=pb._cast_shapes(pb._shapes(cnet), dtype))
         out["controlnet"] = sp.controlnet_prior(model, params, cn_lib.make_controlnet_sds(model, pc.controlnet), emb,
                                                 cn_emb, pc.controlnet)
     return out, pc
