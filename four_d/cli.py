@@ -193,7 +193,7 @@ def _invert(args, overrides):
     with GracefulStop() as stop:
         res = train_textual_inversion(args.sd, np.clip(rgb, 0.0, 1.0).astype(np.float32), token, args.init_word,
                                       out, config.textual_inversion, seed=args.seed, progress=not args.no_progress,
-                                      resume=args.resume, stop=stop)
+                                      checkpoint_dir=os.path.join(out, "checkpoints"), resume=args.resume, stop=stop)
     if res["stopped"] is not None:
         print(f"{PROG} invert: stopped by {stop.name} after step {res['stopped']} of "
               f"{config.textual_inversion.steps}; checkpoint written, continue with the same command and --resume",

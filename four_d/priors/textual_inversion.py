@@ -430,7 +430,7 @@ def prepare_textual_inversion(model, params, placeholder_token, initializer_toke
 
 
 def train_textual_inversion(sd_folder, image, placeholder_token, initializer_token, out_dir, config=None, seed=0,
-                            progress=True, prepared=None, resume=False, stop=None, hook=None):
+                            progress=True, prepared=None, checkpoint_dir=None, resume=False, stop=None, hook=None):
     """Learn `placeholder_token` from a reference image; writes learned_embeds.safetensors (and .bin when torch
     is installed) in out_dir, plus learned_embeds-steps-{N} files every config.save_steps steps.
 
@@ -438,10 +438,12 @@ def train_textual_inversion(sd_folder, image, placeholder_token, initializer_tok
     RGB array; prepared: the output of prepare_textual_inversion (reuses its compiled step). Step i uses the
     key fold_in(key(seed), i), so a resumed run replays exactly the steps of an uninterrupted one.
 
-    Checkpoints (clitools.checkpoints, Orbax) of dict(vector, opt_state, step) go to out_dir/checkpoints every
-    save_steps steps and when `stop` (a clitools.signals.GracefulStop, or anything with `.requested`) asks to
-    stop after the current step. resume=True continues from the latest checkpoint there (bit-identical to the
-    uninterrupted run on the same machine); a finished run is not trained again. hook(step, vector) is called
+    With checkpoint_dir (`four-d invert` passes OUT/checkpoints), Orbax checkpoints (clitools.checkpoints) of
+    dict(vector, opt_state, step) go there every save_steps steps, at the last step, and when `stop` (a
+    clitools.signals.GracefulStop, or anything with `.requested`) asks to stop after the current step; without
+    it nothing is checkpointed (a stop still ends the loop). resume=True continues from the latest checkpoint
+    in checkpoint_dir (bit-identical to the uninterrupted run on the same machine); a finished run is not
+    trained again; without resume an existing checkpoint_dir is cleared first. hook(step, vector) is called
     after every step. Returns dict(embedding [D], losses (of the steps run by this call), paths, token_id,
     step (the last step done), stopped (the step a stop happened after, or None)).
     """
@@ -462,17 +464,19 @@ def train_textual_inversion(sd_folder, image, placeholder_token, initializer_tok
     state = dict(vector=vector, opt_state=trainer["tx"].init(vector), step=jnp.zeros((), jnp.int32))
     key = jax.random.key(seed)
     os.makedirs(out_dir, exist_ok=True)
-    if not resume and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+    if resume and checkpoint_dir is None:
+        raise ValueError(f"{_WHERE}: resume needs the checkpoint_dir of the run to continue")
+    if checkpoint_dir is not None and not resume and os.path.isdir(checkpoint_dir):
         import shutil
 
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"))  # a fresh run: no stale checkpoint to resume later
-    mngr = ckpt.checkpoint_manager(os.path.join(out_dir, "checkpoints"), max_to_keep=1)
+        shutil.rmtree(checkpoint_dir)  # a fresh run: no stale checkpoint to resume later
+    mngr = None if checkpoint_dir is None else ckpt.checkpoint_manager(checkpoint_dir, max_to_keep=1)
     try:
         if resume:
             restored, saved_cfg = ckpt.restore_checkpoint(mngr, jax.eval_shape(lambda: state))
             if restored is not None:
                 if saved_cfg is not None and int(saved_cfg.get("steps", -1)) > int(cfg.steps):
-                    raise ValueError(f"{os.path.join(out_dir, 'checkpoints')}: the checkpoint is at step "
+                    raise ValueError(f"{checkpoint_dir}: the checkpoint is at step "
                                      f"{int(restored['step'])} of a {saved_cfg['steps']}-step run, more than the "
                                      f"{int(cfg.steps)} steps asked for")
                 state = restored
@@ -489,7 +493,8 @@ def train_textual_inversion(sd_folder, image, placeholder_token, initializer_tok
             if hook is not None:
                 hook(i, vector)
             halt = stop is not None and ckpt.stop_requested(stop)
-            if (cfg.save_steps and i % int(cfg.save_steps) == 0) or halt or i == int(cfg.steps):
+            if mngr is not None and ((cfg.save_steps and i % int(cfg.save_steps) == 0) or halt
+                                     or i == int(cfg.steps)):
                 ckpt.save_checkpoint(mngr, dict(vector=vector, opt_state=opt_state, step=jnp.asarray(i, jnp.int32)),
                                      cfg)
             if cfg.save_steps and i % int(cfg.save_steps) == 0:
@@ -499,7 +504,8 @@ def train_textual_inversion(sd_folder, image, placeholder_token, initializer_tok
                 break
         bar.close()
     finally:
-        mngr.close()
+        if mngr is not None:
+            mngr.close()
     if stopped is None:
         paths += _save_all(out_dir, "learned_embeds", prepared["token"], vector)
     return dict(embedding=np.asarray(vector), losses=np.asarray(losses), paths=paths, token_id=prepared["token_id"],
