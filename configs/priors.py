@@ -1,10 +1,12 @@
 """Diffusion priors and score distillation (four_d/priors/: sds, sd, zero123, video, controlnet, textual_inversion).
 
 Variants:
-  get_config() / get_config("paper")  the official Animate124 values (HeliosZhao/Animate124 `main`:
+  get_config()         the official Animate124 values (HeliosZhao/Animate124 `main`:
                        guidance/sd_utils.py, guidance/zero123_diffusers_utils.py, guidance/cn_utils.py,
                        scripts/animate124/run-{static,dynamic,cn}.sh, main.py defaults, and
                        textual-inversion/textual_inversion.py + scripts/textual_inversion/textual_inversion_sd.sh);
+  get_config("paper")  the official values with the memory settings of the paper-size runs (video and
+                       controlnet vae_frames_per_chunk 1: the same values, less memory; see the variant);
   get_config("tiny")   the sizes every test uses (small images, few steps); the formulas are the same.
 Facts and their sources: ../shared/reference/animate124.md sections 3-5 and 9.
 
@@ -134,6 +136,10 @@ def get_config(arg=None):
         # Chunked attention in the ControlNet and the UNet (official: xformers). At 1024 px the full
         # self-attention scores alone are ~34 GB per layer in float32 (benchmarks/priors.py), so it is on.
         memory_efficient_attention=True,
+        # Frames per VAE-encoder call under jax.checkpoint, as video.vae_frames_per_chunk (common.encode_frames):
+        # 0 = both frames in one call, as the official encode_imgs. A memory setting, not in the official code:
+        # the same latents and gradients (tests/test_priors_chunked.py); the paper variant uses 1.
+        vae_frames_per_chunk=0,
         dtype="float32",
     )
 
@@ -180,6 +186,13 @@ def get_config(arg=None):
         c.textual_inversion.batch_size = 2
         c.textual_inversion.resolution = 64
         c.textual_inversion.save_steps = 2
+    elif arg == "paper":
+        # Memory settings, not official knobs (the official code encodes all frames in one call): one frame per
+        # VAE-encoder call under jax.checkpoint. The same latents and gradients (tests/test_priors_chunked.py,
+        # tests/test_priors_video.py); they bring the coarse and fine steps under 40 GB at the paper's sizes
+        # (benchmarks/stages_memory.py, benchmarks/README.md).
+        c.video.vae_frames_per_chunk = 1
+        c.controlnet.vae_frames_per_chunk = 1
     return c
 
 
@@ -207,6 +220,7 @@ RANGES.update({
     "controlnet.num_frames": "int >= 1",
     "video.mean_frame": "bool",
     "video.vae_frames_per_chunk": "int >= 0",  # 0 = all frames at once (official)
+    "controlnet.vae_frames_per_chunk": "int >= 0",  # 0 = all frames at once (official)
     "zero123.grad_scale": "one of angle|none",
     "zero123.reference_azimuth": "[-360, 360]",
     "zero123.reference_polar": "[0, 180]",

@@ -13,13 +13,15 @@
   four-d eval FRAMES|OUT --prompt "a panda is dancing" --image IMAGE --clip DIR [--out results.json] [--overwrite]
 
   four-d invert IMAGE --token _panda_ --init-word panda --sd DIR --out OUT [--config tiny|paper] [--steps N]
-                [--seed S] [--overwrite] [--config.textual_inversion.key=value ...]
+                [--seed S] [--overwrite | --resume] [--config.textual_inversion.key=value ...]
 
 `invert` learns the textual-inversion token of the fine stage from the reference image (official
 scripts/textual_inversion/textual_inversion_sd.sh: 3000 steps, batch 16, 512 px, on SD 1.5; four_d/priors/
 textual_inversion.py) and writes OUT/learned_embeds.safetensors (and .bin when torch is installed) plus the
 learned_embeds-steps-N files every save_steps, in the format `four-d animate --weights` reads: write into the
-weights folder (`--out WEIGHTS --overwrite`) or copy the file there. An RGBA image is put over white.
+weights folder (`--out WEIGHTS --overwrite`) or copy the file there. An RGBA image is put over white. Orbax
+checkpoints go to OUT/checkpoints every save_steps; SIGINT/SIGTERM: the current step finishes, its checkpoint is
+written, exit 130/143; `--resume` continues bit-identically.
 
 `animate` runs Animate124 (four_d/animate.py): the reference is preprocessed into OUT/reference/, the --weights
 folder (sd15/, zero123-xl/, modelscope/, controlnet-tile/, learned_embeds.* for --token-prompt; only the folders
@@ -33,7 +35,7 @@ CLIP-R and CLIP-F (definitions: four_d/evaluate.py), prints a table and writes t
 `fit` prints the results JSON (held-out PSNR/SSIM, initial PSNR, video path) on stdout (process 0 only).
 Errors (clitools): a bad dataset, output folder, option or config value ends with exit code 2 and one line
 naming the file (or key) and the problem; `--debug` shows the traceback. An output folder that already holds
-files is refused unless `--overwrite` (make-scene, fit) or `--resume` (fit) is given.
+files is refused unless `--overwrite` (make-scene, fit) or `--resume` (fit, animate, invert) is given.
 --distributed: multi-host run; jax.distributed.initialize() is called before any device is touched
 (coordinator/process ids from --coordinator/--num-processes/--process-id, or detected from the
 cluster environment, e.g. SLURM/TPU pods; CPU collectives use gloo), the mesh spans all hosts'
@@ -131,6 +133,7 @@ def _parser():
     inv.add_argument("--seed", type=int, default=0)
     inv.add_argument("--no-progress", action="store_true")
     inv.add_argument("--overwrite", action="store_true", help="write into a folder that holds files")
+    inv.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     errors.add_common_flags(inv)
     return p
 
@@ -141,6 +144,7 @@ def _invert(args, overrides):
 
     import numpy as np
 
+    from clitools.signals import GracefulStop
     from configs.priors import RANGES, get_config
     from configs.validate import check_config
     from four_d import preprocess
@@ -155,6 +159,8 @@ def _invert(args, overrides):
             raise errors.InputError(f"--steps: must be >= 1, got {args.steps}")
         overrides = list(overrides) + [f"textual_inversion.steps={args.steps}"]
     config = check_config(apply_overrides(config, overrides), RANGES)
+    if args.resume and args.overwrite:
+        raise errors.InputError("--resume continues the run in --out; --overwrite starts afresh: give one")
     token = args.token
     if not token or any(c.isspace() for c in token):
         raise errors.InputError(f"--token: must be one word without spaces, got {token!r}")
@@ -179,14 +185,24 @@ def _invert(args, overrides):
         n = len(tokenizer.encode(args.init_word, add_special_tokens=False))
         raise errors.InputError(f"--init-word: {args.init_word!r} is {n} tokens of {args.sd}/tokenizer, it must be "
                                 "one") from None
-    out = safe_out.prepare_output_dir(args.out, overwrite=args.overwrite)
+    out = safe_out.prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
+    if args.resume and not os.path.isdir(os.path.join(out, "checkpoints")):
+        raise errors.InputError(f"--resume: {os.path.join(out, 'checkpoints')} not found (no run to continue)")
     from four_d.priors.textual_inversion import train_textual_inversion
 
-    res = train_textual_inversion(args.sd, np.clip(rgb, 0.0, 1.0).astype(np.float32), token, args.init_word, out,
-                                  config.textual_inversion, seed=args.seed, progress=not args.no_progress)
+    # SIGINT / SIGTERM: finish the current step, write its checkpoint, exit 130 / 143 (--resume continues)
+    with GracefulStop() as stop:
+        res = train_textual_inversion(args.sd, np.clip(rgb, 0.0, 1.0).astype(np.float32), token, args.init_word,
+                                      out, config.textual_inversion, seed=args.seed, progress=not args.no_progress,
+                                      checkpoint_dir=os.path.join(out, "checkpoints"), resume=args.resume, stop=stop)
+    if res["stopped"] is not None:
+        print(f"{PROG} invert: stopped by {stop.name} after step {res['stopped']} of "
+              f"{config.textual_inversion.steps}; checkpoint written, continue with the same command and --resume",
+              file=sys.stderr)
+        return stop.exit_code
     final = os.path.join(out, "learned_embeds.safetensors")
     print(json.dumps(dict(token=token, init_word=args.init_word, steps=int(config.textual_inversion.steps),
-                          final_loss=float(res["losses"][-1]), learned_embeds=final,
+                          final_loss=float(res["losses"][-1]) if len(res["losses"]) else None, learned_embeds=final,
                           files=[os.path.basename(p) for p in res["paths"]]), indent=1))
     return 0
 

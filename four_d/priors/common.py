@@ -5,6 +5,9 @@ Images follow the house convention [B, H, W, 3] float in [0, 1]; diffusion laten
 as in diffusers (the Flax VAE returns NHWC; it is transposed here once).
 """
 
+import contextlib
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +51,107 @@ def vae_encode(vae, vae_params, images01, eps=None, scale=True):
     if scale:
         z = z * vae.config.scaling_factor
     return jnp.transpose(z, (0, 3, 1, 2))
+
+
+VAE_QUERY_CHUNK = 1024  # queries per block of the memory-bounded VAE attention (128 x 128 latents: 16 blocks)
+
+
+def encode_frames(vae, vae_params, frames, eps, frames_per_chunk=0, mesh=None, where="vae_frames_per_chunk",
+                  query_chunk=VAE_QUERY_CHUNK):
+    """Scaled VAE latents [N, 4, h, w] of frames [N, S, S, 3] in [0, 1], each frame encoded alone (official
+    encode_imgs: the VAE has no cross-frame layer, so a batch of N frames is N independent encodes).
+
+    eps [N, 4, h, w] or None as vae_encode. frames_per_chunk 0 (official): one plain encoder call over all N
+    frames, whose activations are all kept for the gradient (about 0.6 GB per 256 px frame, ~11 GB per 1024 px
+    frame: the largest part of the paper-size video and ControlNet steps, benchmarks/priors.py).
+    k > 0 (dividing N): the memory-bounded encode, the same values: lax.map over N / k chunks of k frames under
+    jax.checkpoint (the forward keeps only each chunk's latents, the backward recomputes one chunk at a time),
+    and inside the encoder every ResNet block rematerialised and the mid-block self-attention computed
+    query_chunk queries at a time (memory_bounded_vae_blocks), so the recomputed chunk never holds all of its
+    activations nor the [h w, h w] score matrix (16k x 16k at 1024 px). With a mesh, the frames (of each chunk)
+    are split over "data". `where` names the config key in the error (e.g. "four_d/priors/video.py:
+    video.vae_frames_per_chunk"). Used by the video prior (config video.vae_frames_per_chunk) and the ControlNet
+    prior (controlnet.vae_frames_per_chunk); tests/test_priors_chunked.py proves the equality.
+    """
+    n = frames.shape[0]
+    k = int(frames_per_chunk)
+    if k < 0 or (k and n % k):
+        raise ValueError(f"{where} {k} must be 0 (all frames at once) or divide the {n} frames of the batch")
+
+    def encode(x, e):
+        x = constrain(x, mesh, batch_spec(4))  # the frames over "data"
+        return vae_encode(vae, vae_params, x, e)
+
+    if k == 0:
+        return encode(frames, eps)
+
+    def bounded(x, e):
+        with memory_bounded_vae_blocks(query_chunk):
+            return encode(x, e)
+
+    chunks = frames.reshape((n // k, k) + frames.shape[1:])
+    eps_chunks = None if eps is None else eps.reshape((n // k, k) + eps.shape[1:])
+    z = jax.lax.map(lambda c: jax.checkpoint(bounded)(*c), (chunks, eps_chunks))
+    return z.reshape((n,) + z.shape[2:])
+
+
+def chunked_attention(q, k, v, query_chunk):
+    """softmax(q k^T) v for q [B, H, T, D], k, v [B, H, S, D] (q and k already scaled), query_chunk queries at a
+    time under jax.checkpoint: each row of the softmax depends on its own query only, so the result is the full
+    attention's, with at most [B, H, query_chunk, S] scores alive (forward and backward). The queries are padded
+    to a multiple of query_chunk (the padded rows are dropped). query_chunk <= 0 or >= T: one block."""
+    t = q.shape[-2]
+    c = int(query_chunk)
+
+    def block(qc):
+        w = jax.nn.softmax(jnp.einsum("...qd,...kd->...qk", qc, k), axis=-1)
+        return jnp.einsum("...qk,...kd->...qd", w, v)
+
+    if c <= 0 or t <= c:
+        return block(q)
+    nb = -(-t // c)
+    qp = jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, nb * c - t), (0, 0)])
+    qs = jnp.moveaxis(qp.reshape(q.shape[:-2] + (nb, c, q.shape[-1])), -3, 0)
+    out = jax.lax.map(jax.checkpoint(block), qs)
+    out = jnp.moveaxis(out, 0, -3).reshape(q.shape[:-2] + (nb * c, v.shape[-1]))
+    return out[..., :t, :]
+
+
+@contextlib.contextmanager
+def memory_bounded_vae_blocks(query_chunk=VAE_QUERY_CHUNK):
+    """Within the context, diffusers' Flax VAE builds its ResNet blocks rematerialised (flax nn.remat) and its
+    attention blocks with chunked_attention: the same parameters (names and shapes) and the same values, less
+    memory for the gradient. FlaxDownEncoderBlock2D / FlaxUNetMidBlock2D look the block classes up in the
+    vae_flax module namespace when `setup` runs, i.e. when the VAE is applied (traced), so wrapping
+    `vae.apply` selects them for that trace only (as loading.controlnet_attention does for the ControlNet).
+    """
+    import flax.linen as nn
+    from diffusers.models import vae_flax as vf
+
+    saved = vf.FlaxResnetBlock2D, vf.FlaxAttentionBlock
+    resnet_call = nn.remat(lambda mdl, x: saved[0].__call__(mdl, x, True))  # deterministic: the VAE has no dropout
+
+    class FlaxResnetBlock2D(saved[0]):
+        def __call__(self, hidden_states, deterministic=True):
+            return resnet_call(self, hidden_states)
+
+    class FlaxAttentionBlock(saved[1]):
+        # diffusers' attention block (group norm, q/k/v/proj dense, both q and k scaled by d^-1/4, residual)
+        # with the score matrix computed by query blocks
+        def __call__(self, hidden_states):
+            b, h, w, c = hidden_states.shape
+            x = self.group_norm(hidden_states).reshape((b, h * w, c))
+            q, k, v = (self.transpose_for_scores(f(x)) for f in (self.query, self.key, self.value))
+            scale = 1.0 / math.sqrt(math.sqrt(c / self.num_heads))
+            out = chunked_attention(q * scale, k * scale, v, query_chunk)  # [B, heads, T, D]
+            out = jnp.transpose(out, (0, 2, 1, 3)).reshape((b, h * w, c))
+            return self.proj_attn(out).reshape((b, h, w, c)) + hidden_states
+
+    vf.FlaxResnetBlock2D, vf.FlaxAttentionBlock = FlaxResnetBlock2D, FlaxAttentionBlock
+    try:
+        yield
+    finally:
+        vf.FlaxResnetBlock2D, vf.FlaxAttentionBlock = saved
 
 
 def latent_shape(vae, batch, size):

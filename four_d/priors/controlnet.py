@@ -14,6 +14,11 @@ U{200..800} for the whole clip; the ControlNet sees the noisy latents, the condi
 prompt, its residuals are added to the SD 1.5 UNet (conditioning_scale 1); CFG eps_c + 7.5 (eps_c - eps_u);
 the --grad_dyn target x0_hat = (z_t - sqrt(1 - a) eps_hat) / sqrt(a) with loss 0.5 ||z - sg(x0_hat)||^2 /
 number of frames (lambda and the SDS weight do not enter this path, as official).
+
+Memory: at 1024 px the SD VAE encoder's activations (two frames, 128 channels at 1024 x 1024, the mid-block
+self-attention over 128 x 128 = 16k tokens) kept for the gradient dominate the step; config
+vae_frames_per_chunk = 1 encodes one frame at a time under jax.checkpoint (common.encode_frames, shared with
+the video prior: the same values, tests/test_priors_chunked.py), which the paper variant uses.
 """
 
 import dataclasses
@@ -116,7 +121,9 @@ def controlnet_sds_given(model, config, params, frames, cond_frames, embeddings,
     x = common.constrain(common.resize_bilinear(frames.astype(jnp.float32), size), mesh, spec)
     cond = common.resize_bilinear(jax.lax.stop_gradient(cond_frames).astype(jnp.float32), size)
     cond = jnp.transpose(jnp.concatenate([cond, cond], 0), (0, 3, 1, 2))  # [2F, 3, S, S] in [0, 1]
-    latents = common.vae_encode(sd.vae, params["vae"], x, draws["latent_eps"] if config.latent_sample else None)
+    latents = common.encode_frames(sd.vae, params["vae"], x, draws["latent_eps"] if config.latent_sample else None,
+                                   int(config.vae_frames_per_chunk), mesh,
+                                   "four_d/priors/controlnet.py: controlnet.vae_frames_per_chunk")
     uncond, cond_text = common.view_embeddings(embeddings, azimuth, use_view)
     context = jnp.concatenate([uncond, cond_text], 0)  # official [neg x F; pos x F]
     cn_context = jnp.concatenate([jnp.broadcast_to(cn_embeddings["uncond"], uncond.shape),

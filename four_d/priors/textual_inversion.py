@@ -430,16 +430,26 @@ def prepare_textual_inversion(model, params, placeholder_token, initializer_toke
 
 
 def train_textual_inversion(sd_folder, image, placeholder_token, initializer_token, out_dir, config=None, seed=0,
-                            progress=True, prepared=None):
+                            progress=True, prepared=None, checkpoint_dir=None, resume=False, stop=None, hook=None):
     """Learn `placeholder_token` from a reference image; writes learned_embeds.safetensors (and .bin when torch
     is installed) in out_dir, plus learned_embeds-steps-{N} files every config.save_steps steps.
 
     sd_folder: a local SD 1.5 folder (or a (StableDiffusion, params) pair already loaded); image: a path or an
     RGB array; prepared: the output of prepare_textual_inversion (reuses its compiled step). Step i uses the
-    key fold_in(key(seed), i). Returns dict(embedding [D], losses [steps], paths, token_id).
+    key fold_in(key(seed), i), so a resumed run replays exactly the steps of an uninterrupted one.
+
+    With checkpoint_dir (`four-d invert` passes OUT/checkpoints), Orbax checkpoints (clitools.checkpoints) of
+    dict(vector, opt_state, step) go there every save_steps steps, at the last step, and when `stop` (a
+    clitools.signals.GracefulStop, or anything with `.requested`) asks to stop after the current step; without
+    it nothing is checkpointed (a stop still ends the loop). resume=True continues from the latest checkpoint
+    in checkpoint_dir (bit-identical to the uninterrupted run on the same machine); a finished run is not
+    trained again; without resume an existing checkpoint_dir is cleared first. hook(step, vector) is called
+    after every step. Returns dict(embedding [D], losses (of the steps run by this call), paths, token_id,
+    step (the last step done), stopped (the step a stop happened after, or None)).
     """
     from tqdm.auto import tqdm
 
+    from clitools import checkpoints as ckpt
     from configs.priors import get_config
     from four_d.priors import sd as sd_lib
 
@@ -451,20 +461,55 @@ def train_textual_inversion(sd_folder, image, placeholder_token, initializer_tok
     cfg, trainer = prepared["config"], prepared["trainer"]
     base = jnp.asarray(base_image(image, int(cfg.resolution), float(cfg.aug_resize)))
     vector = jnp.asarray(prepared["init"])
-    opt_state = trainer["tx"].init(vector)
+    state = dict(vector=vector, opt_state=trainer["tx"].init(vector), step=jnp.zeros((), jnp.int32))
     key = jax.random.key(seed)
     os.makedirs(out_dir, exist_ok=True)
-    losses, paths = [], []
-    bar = tqdm(range(1, int(cfg.steps) + 1), desc="textual inversion", disable=not progress)
-    for i in bar:
-        draws = trainer["draws"](jax.random.fold_in(key, i), base)
-        vector, opt_state, loss, _ = trainer["step"](vector, opt_state, draws)
-        losses.append(float(loss))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if cfg.save_steps and i % int(cfg.save_steps) == 0:
-            paths += _save_all(out_dir, f"learned_embeds-steps-{i}", prepared["token"], vector)
-    paths += _save_all(out_dir, "learned_embeds", prepared["token"], vector)
-    return dict(embedding=np.asarray(vector), losses=np.asarray(losses), paths=paths, token_id=prepared["token_id"])
+    if resume and checkpoint_dir is None:
+        raise ValueError(f"{_WHERE}: resume needs the checkpoint_dir of the run to continue")
+    if checkpoint_dir is not None and not resume and os.path.isdir(checkpoint_dir):
+        import shutil
+
+        shutil.rmtree(checkpoint_dir)  # a fresh run: no stale checkpoint to resume later
+    mngr = None if checkpoint_dir is None else ckpt.checkpoint_manager(checkpoint_dir, max_to_keep=1)
+    try:
+        if resume:
+            restored, saved_cfg = ckpt.restore_checkpoint(mngr, jax.eval_shape(lambda: state))
+            if restored is not None:
+                if saved_cfg is not None and int(saved_cfg.get("steps", -1)) > int(cfg.steps):
+                    raise ValueError(f"{checkpoint_dir}: the checkpoint is at step "
+                                     f"{int(restored['step'])} of a {saved_cfg['steps']}-step run, more than the "
+                                     f"{int(cfg.steps)} steps asked for")
+                state = restored
+        first = int(state["step"]) + 1
+        vector, opt_state = state["vector"], state["opt_state"]
+        losses, paths, stopped, i = [], [], None, first - 1
+        bar = tqdm(range(first, int(cfg.steps) + 1), desc="textual inversion", disable=not progress,
+                   initial=first - 1, total=int(cfg.steps))
+        for i in bar:
+            draws = trainer["draws"](jax.random.fold_in(key, i), base)
+            vector, opt_state, loss, _ = trainer["step"](vector, opt_state, draws)
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if hook is not None:
+                hook(i, vector)
+            halt = stop is not None and ckpt.stop_requested(stop)
+            if mngr is not None and ((cfg.save_steps and i % int(cfg.save_steps) == 0) or halt
+                                     or i == int(cfg.steps)):
+                ckpt.save_checkpoint(mngr, dict(vector=vector, opt_state=opt_state, step=jnp.asarray(i, jnp.int32)),
+                                     cfg)
+            if cfg.save_steps and i % int(cfg.save_steps) == 0:
+                paths += _save_all(out_dir, f"learned_embeds-steps-{i}", prepared["token"], vector)
+            if halt and i < int(cfg.steps):
+                stopped = i
+                break
+        bar.close()
+    finally:
+        if mngr is not None:
+            mngr.close()
+    if stopped is None:
+        paths += _save_all(out_dir, "learned_embeds", prepared["token"], vector)
+    return dict(embedding=np.asarray(vector), losses=np.asarray(losses), paths=paths, token_id=prepared["token_id"],
+                step=int(i), stopped=stopped)
 
 
 def _save_all(out_dir, stem, token, vector):

@@ -18,7 +18,8 @@ over the "data" axis, for the VAE encoding and in the UNet3D input.
 
 Memory (benchmarks/priors.py, paper size, 16 frames at 256 px, bfloat16): the VAE encoder's activations over
 the 16 frames, kept for the gradient, are the largest part of the step; config vae_frames_per_chunk = 1 encodes
-one frame at a time under jax.checkpoint (same values) and about halves the step's memory.
+one frame at a time under jax.checkpoint (same values; common.encode_frames, shared with the ControlNet prior)
+and about halves the step's memory.
 """
 
 import dataclasses
@@ -95,40 +96,14 @@ def video_normaliser(config, batch, frames):
     return batch * frames if config.mean_frame else None
 
 
-def encode_frames(vae, vae_params, frames, eps, frames_per_chunk=0, mesh=None):
-    """Scaled VAE latents [N, 4, h, w] of frames [N, S, S, 3] in [0, 1], each frame encoded alone (official).
-
-    frames_per_chunk 0 (official): one encoder call over all N frames, whose activations are all kept for the
-    gradient (about 0.6 GB per 256 px frame in float32: the largest part of the paper-size video step,
-    benchmarks/priors.py). k > 0 (dividing N): lax.map over N / k chunks of k frames under jax.checkpoint, so
-    the backward pass recomputes one chunk's activations at a time (the same values, less memory, one more
-    encoder forward). With a mesh, the frames (of each chunk) are split over "data".
-    """
-    n = frames.shape[0]
-    k = int(frames_per_chunk)
-    if k < 0 or (k and n % k):
-        raise ValueError(f"four_d/priors/video.py: vae_frames_per_chunk {k} must be 0 (all frames at once) or "
-                         f"divide the {n} frames of the batch")
-
-    def encode(x, e):
-        x = common.constrain(x, mesh, common.batch_spec(4))  # the frames over "data"
-        return common.vae_encode(vae, vae_params, x, e)
-
-    if k == 0 or k == n:
-        return encode(frames, eps)
-    chunks = frames.reshape((n // k, k) + frames.shape[1:])
-    eps_chunks = None if eps is None else eps.reshape((n // k, k) + eps.shape[1:])
-    z = jax.lax.map(lambda c: jax.checkpoint(encode)(*c), (chunks, eps_chunks))
-    return z.reshape((n,) + z.shape[2:])
-
-
 def video_sds_given(model, config, params, clips, embeddings, azimuth, use_view, draws, knobs, mesh=None):
     """The deterministic video SDS step given its draws (video_draws). See make_video_sds."""
     b, f, hh, ww, _ = clips.shape
     size = int(config.image_size)
     x = common.resize_bilinear(clips.reshape(b * f, hh, ww, 3).astype(jnp.float32), size)
     eps = draws["latent_eps"] if config.latent_sample else None
-    z = encode_frames(model.vae, params["vae"], x, eps, int(config.vae_frames_per_chunk), mesh)  # [B F, 4, h, w]
+    z = common.encode_frames(model.vae, params["vae"], x, eps, int(config.vae_frames_per_chunk), mesh,
+                             "four_d/priors/video.py: video.vae_frames_per_chunk")  # [B F, 4, h, w]
     latents = jnp.transpose(z.reshape((b, f) + z.shape[1:]), (0, 2, 1, 3, 4))  # (b f) c h w -> b c f h w
     uncond, cond = common.view_embeddings(embeddings, azimuth, use_view)
     context = jnp.concatenate([uncond, cond], 0)
