@@ -251,8 +251,10 @@ def hand_over(config, prev_state, stage):
 
     coarse <- static: params = static_to_dynamic (every [1, E, F] table copied into the T time grids; the
     MLP kept), occupancy copied into every time bin (render.occupancy_static_to_dynamic), a fresh optimiser
-    (the parameter shapes change). fine <- coarse: params and optimiser state carried on, and "frozen" = a
-    copy of the coarse params (the ControlNet condition renderer). The global step carries on.
+    (the parameter shapes change). fine <- coarse: params (and occupancy) carried on, a fresh optimiser (the
+    official fine run, scripts/animate124/run-cn.sh, is a new Trainer that loads only the model's state dict from
+    --cn_base: main.py `model.load_state_dict(sr_base_checkpoint['model'])`), and "frozen" = a copy of the coarse
+    params (the ControlNet condition renderer). The global step carries on.
     """
     if stage == "coarse":
         params = static_to_dynamic(prev_state["params"], int(config.grid.time_grid_size))
@@ -265,6 +267,7 @@ def hand_over(config, prev_state, stage):
         return new
     if stage == "fine":
         new = dict(prev_state)
+        new["opt_state"] = stage_optimizer(config, "fine").init(prev_state["params"])
         new["frozen"] = jax.tree.map(lambda a: jnp.array(a), prev_state["params"])
         return new
     raise ValueError(f"four_d/stages.py hand_over: no hand-over into {stage!r}")

@@ -116,8 +116,14 @@ def test_static_to_dynamic_hand_over_renders_the_same_at_every_time():
     assert base.std() > 1e-3
     for t in (0.0, 0.2, 0.5, 0.77, 1.0):
         np.testing.assert_allclose(np.asarray(r_dyn(dyn["params"], pose, t)["rgb"]), base, atol=1e-6)
+    # the coarse stage's Adam moments and count, as after some steps
+    dyn["opt_state"] = jax.tree.map(lambda a: a + jnp.ones_like(a), dyn["opt_state"])
     fine = stages.hand_over(c, dyn, "fine")
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), fine["frozen"], dyn["params"]))
+    same = lambda x, y: jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), x, y))  # noqa: E731
+    assert same(fine["frozen"], dyn["params"]) and same(fine["params"], dyn["params"])
+    assert same(fine["occupancy"], dyn["occupancy"]) and int(fine["step"]) == 5
+    # official run-cn.sh: a new Trainer loads only the model from --cn_base, so the optimiser starts afresh
+    assert same(fine["opt_state"], stages.stage_optimizer(c, "fine").init(dyn["params"]))
     with pytest.raises(ValueError, match="hand-over"):
         stages.hand_over(c, st, "static")
 
