@@ -20,7 +20,8 @@ Sections:
   call each, the three programs are timed interleaved (single, chunked, remat, single, ...) for
   --remat-repeats rounds, and the MIN over the rounds of wall time (`wall_s`) and of process CPU time
   (`cpu_s`, time.process_time around the blocked call) is reported; ratios `remat/chunked` and
-  `remat/single` in both.
+  `remat/single` in both. The forward pass of the chunked render (value only) is timed too: a remat
+  step adds one recomputed forward, so `expected_remat/chunked` = (2 F + B) / (F + B) (B = chunked - F).
 - lambertian: rays/s of the lambertian training step (value and gradient of an MSE through a render
   of --lam-rays rays at --lam-samples samples, a size that fits without remat): "before" is the
   pre-issue-8 code (git commit --before-commit: six field calls for the normal probes, two gathers per
@@ -174,7 +175,10 @@ def lambertian_rows(bench, args):
 # XLA flags of each --remat-threading mode (read when the backend starts, so each mode runs in a subprocess)
 REMAT_THREADING = {"single": ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"],
                    "default": []}
-REMAT_KINDS = ("single", "chunked", "remat")  # one render_rays / chunked remat off / chunked remat on
+# one render_rays / chunked remat off / chunked remat on (value and gradient), and the forward pass alone
+# of the chunked render (value only): a remat step recomputes one forward, so with forward F and backward B
+# the expected remat / chunked ratio is (2 F + B) / (F + B)
+REMAT_KINDS = ("single", "chunked", "remat", "forward")
 
 
 def _camera_batch(rays):
@@ -215,13 +219,14 @@ def remat_worker(spec):
                                                          remat=kind == "remat", **kw)
                     return jnp.mean((out["rgb"] - tgt) ** 2)
 
-                return jax.jit(jax.value_and_grad(loss))
+                return jax.jit(loss if kind == "forward" else jax.value_and_grad(loss))
 
             call = (params, o, d, t, target)
             exes, compile_s, losses = {}, {}, {}
             for kind in REMAT_KINDS:
                 compile_s[kind], exes[kind] = compile_time(make(kind), *call)
-                losses[kind] = float(jax.block_until_ready(exes[kind](*call))[0])  # warm-up
+                out = jax.block_until_ready(exes[kind](*call))  # warm-up
+                losses[kind] = float(out if kind == "forward" else out[0])
             wall = {k: [] for k in REMAT_KINDS}
             cpu = {k: [] for k in REMAT_KINDS}
             load0 = os.getloadavg()[0]
@@ -246,13 +251,17 @@ def remat_rows(bench, args):
     for mode in args.remat_threading:
         flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f] + REMAT_THREADING[mode]
         env = dict(os.environ, XLA_FLAGS=" ".join(flags))
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--remat-worker", json.dumps(spec)],
-                             env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"benchmarks/four_d.py: remat worker ({mode} threading) failed:\n{out.stderr[-3000:]}")
-        for line in out.stdout.splitlines():
-            if not line.startswith("{"):
-                continue
+        # the worker's lines are echoed as they come (a run stopped early still shows its finished cases)
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--remat-worker", json.dumps(spec)],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        lines = []
+        for line in proc.stdout:
+            print(f"[remat worker, {mode} threading] {line.rstrip()}", flush=True)
+            if line.startswith("{"):
+                lines.append(line)
+        if proc.wait() != 0:
+            raise RuntimeError(f"benchmarks/four_d.py: remat worker ({mode} threading) failed (exit {proc.returncode})")
+        for line in lines:
             r = json.loads(line)
             wall = {k: min(v) for k, v in r["wall"].items()}
             cpu = {k: min(v) for k, v in r["cpu"].items()}
@@ -266,6 +275,10 @@ def remat_rows(bench, args):
             row["remat/chunked_cpu"] = round(cpu["remat"] / cpu["chunked"], 3)
             row["remat/single_wall"] = round(wall["remat"] / wall["single"], 3)
             row["remat/single_cpu"] = round(cpu["remat"] / cpu["single"], 3)
+            if "forward" in wall:  # (2 F + B) / (F + B) with B = chunked - F: the cost of one recomputed forward
+                for unit, tm in (("wall", wall), ("cpu", cpu)):
+                    f_, b_ = tm["forward"], tm["chunked"] - tm["forward"]
+                    row[f"expected_remat/chunked_{unit}"] = round((2 * f_ + b_) / (f_ + b_), 3)
             row["load"] = r["load"]
             row["compile_s"] = {k: round(v, 2) for k, v in r["compile_s"].items()}
             row["all_wall_s"] = {k: [round(x, 4) for x in v] for k, v in r["wall"].items()}
