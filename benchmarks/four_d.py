@@ -280,6 +280,7 @@ def remat_rows(bench, args):
                     f_, b_ = tm["forward"], tm["chunked"] - tm["forward"]
                     row[f"expected_remat/chunked_{unit}"] = round((2 * f_ + b_) / (f_ + b_), 3)
             row["load"] = r["load"]
+            row["loss"] = r["loss"]  # the same loss up to the jitter keys (chunks fold the chunk index in)
             row["compile_s"] = {k: round(v, 2) for k, v in r["compile_s"].items()}
             row["all_wall_s"] = {k: [round(x, 4) for x in v] for k, v in r["wall"].items()}
             row["all_cpu_s"] = {k: [round(x, 4) for x in v] for k, v in r["cpu"].items()}
