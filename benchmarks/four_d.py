@@ -1,7 +1,7 @@
 """Benchmark four_d rendering and fitting: rays/s, compile time, peak memory, XLA memory analysis.
 
     python benchmarks/four_d.py [--config tiny|paper] [--sizes 128 400] [--repeats 3]
-                                [--sections memory lambertian train render]
+                                [--sections memory remat lambertian train render]
 
 Sections:
 - memory: XLA's memory analysis of the COMPILED gradient of a training render (no run): a 16-frame
@@ -9,14 +9,25 @@ Sections:
   at 64 and 256 samples per ray, without rematerialisation (one render of all rays, the design before
   issue 8) and with render_rays_chunked under jax.checkpoint (--mem-chunks rays per chunk).
   `temp_gib` is the compiled program's temporary buffers (what the step needs besides its inputs).
+- remat: the cost of rematerialisation (issue 8 target: a remat step <= 1.4x the non-remat step at a
+  size that fits). Value and gradient of an MSE through a training render of --remat-rays rays (each
+  count) x --remat-samples samples, albedo and lambertian shading, three ways: one render_rays call
+  ("single"), render_rays_chunked with --remat-chunk rays per chunk without ("chunked") and with
+  jax.checkpoint ("remat"). Each threading mode of --remat-threading runs in its own subprocess
+  (XLA_FLAGS are read when the backend starts): "single" = XLA single-threaded
+  (--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1: process CPU time is the work,
+  the least disturbed figure on a shared machine), "default" = XLA's own threading. After one warm-up
+  call each, the three programs are timed interleaved (single, chunked, remat, single, ...) for
+  --remat-repeats rounds, and the MIN over the rounds of wall time (`wall_s`) and of process CPU time
+  (`cpu_s`, time.process_time around the blocked call) is reported; ratios `remat/chunked` and
+  `remat/single` in both. The forward pass of the chunked render (value only) is timed too: a remat
+  step adds one recomputed forward, so `expected_remat/chunked` = (2 F + B) / (F + B) (B = chunked - F).
 - lambertian: rays/s of the lambertian training step (value and gradient of an MSE through a render
   of --lam-rays rays at --lam-samples samples, a size that fits without remat): "before" is the
   pre-issue-8 code (git commit --before-commit: six field calls for the normal probes, two gathers per
   time pair, no chunks), run from a `git archive` of that commit in a subprocess; "after" the current
-  render_rays in one call, and render_rays_chunked without / with jax.checkpoint (ratio to the
-  unchunked step in `vs_single`). Every row also gives the process CPU time of a step (`cpu_s`; wall
-  time on the shared machine depends on the other jobs), and the remat row the issue-8 ratio remat on /
-  off (target <= 1.4) in wall (`remat_ratio_wall`) and CPU time (`remat_ratio_cpu`).
+  render_rays in one call. Rows also give the process CPU time of a step (`cpu_s`; wall time on the
+  shared machine depends on the other jobs).
 - train: jitted `four-d fit` steps (config.fit.batch_rays rays) with uniform sampling (render.num_samples)
   and with empty-space skipping (fit.use_occupancy; occupancy refreshes included, amortised over
   --train-steps consecutive steps).
@@ -27,7 +38,7 @@ Sections:
   official threshold min(mean, 10) marks empty, so err_vs_dense on the blob measures the official
   skipping semantics, not quadrature error. Quadrature error is measured separately ("analytic ...")
   on two opaque balls with exact zero density outside, against a 2048-sample reference.
-Writes benchmarks/results/four_d.json.
+Writes benchmarks/results/four_d.json (or --out).
 """
 
 import argparse
@@ -130,7 +141,7 @@ def _run_snippet(root, rays, samples, repeats):
 
 
 def lambertian_rows(bench, args):
-    """Rows "lambertian step ...": rays/s before (git commit) and after, and chunked with/without remat."""
+    """Rows "lambertian step ...": rays/s before (git commit) and after (one render_rays call)."""
     import shutil
     import subprocess
     import tempfile
@@ -158,10 +169,21 @@ def lambertian_rows(bench, args):
     bench.add("lambertian step after (one render_rays)", **size, compile_s=round(r["compile_s"], 2),
               median_s=round(single, 4), rays_per_s=round(rays / single), cpu_s=round(r["cpu_s"], 4))
 
-    cfg = get_config(args.config)
-    model = field_from_config(cfg)
-    fa = render.make_field_apply(model)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1,)))["params"]
+
+# --- the cost of rematerialisation (issue 8: remat step <= 1.4x the non-remat step at a size that fits) ---------
+
+# XLA flags of each --remat-threading mode (read when the backend starts, so each mode runs in a subprocess)
+REMAT_THREADING = {"single": ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"],
+                   "default": []}
+# one render_rays / chunked remat off / chunked remat on (value and gradient), and the forward pass alone
+# of the chunked render (value only): a remat step recomputes one forward, so with forward F and backward B
+# the expected remat / chunked ratio is (2 F + B) / (F + B)
+REMAT_KINDS = ("single", "chunked", "remat", "forward")
+
+
+def _camera_batch(rays):
+    """Rays of a look-at camera at (0.3, 0.4, 1.7) towards the origin (fovy 40), times in [0, 1], a random
+    target colour per ray and a fixed unit light."""
     from kernels.camera import camera_rays, intrinsics_from_fov, look_at
 
     side = int(np.ceil(np.sqrt(rays)))
@@ -171,30 +193,99 @@ def lambertian_rows(bench, args):
     t = jnp.linspace(0.0, 1.0, rays)
     target = jax.random.uniform(jax.random.PRNGKey(2), (rays, 3))
     light = jnp.array([0.3, 0.8, 0.52]) / jnp.linalg.norm(jnp.array([0.3, 0.8, 0.52]))
-    wall_chunked, cpu_chunked = {}, {}
-    for remat in (False, True):
-        def loss(p, remat=remat):
-            out = render.render_rays_chunked(fa, p, o, d, t, jax.random.PRNGKey(1), chunk=args.lam_chunk, remat=remat,
-                                             num_samples=samples, shading="lambertian", ambient=0.3, light_dir=light,
-                                             bg=jnp.ones(3))
-            return jnp.mean((out["rgb"] - target) ** 2)
+    return o, d, t, target, light
 
-        ctime, exe = compile_time(jax.jit(jax.value_and_grad(loss)), params)
-        med, _ = time_callable(exe, params, repeats=args.repeats)
-        cpu = []
-        for _ in range(args.repeats):  # process CPU time: much less disturbed by other jobs than wall time
-            c0 = time.process_time()
-            jax.block_until_ready(exe(params))
-            cpu.append(time.process_time() - c0)
-        cpu_chunked[remat] = float(np.median(cpu))
-        row = dict(compile_s=round(ctime, 2), median_s=round(med, 4), rays_per_s=round(rays / med),
-                   vs_single=round(med / single, 2), cpu_s=round(cpu_chunked[remat], 4))
-        if remat:  # the issue-8 target: remat step <= 1.4x the non-remat chunked step
-            wall_chunked[True] = med
-            row["remat_ratio_wall"] = round(med / wall_chunked[False], 2)
-            row["remat_ratio_cpu"] = round(cpu_chunked[True] / cpu_chunked[False], 2)
-        wall_chunked[remat] = med
-        bench.add(f"lambertian step chunked {args.lam_chunk} remat={'on' if remat else 'off'}", **size, **row)
+
+def remat_worker(spec):
+    """Subprocess body of the remat section: one JSON line per (shading, rays) case on stdout."""
+    import json
+
+    cfg = get_config(spec["config"])
+    model = field_from_config(cfg)
+    fa = render.make_field_apply(model)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1,)))["params"]
+    samples, chunk, repeats = int(spec["samples"]), int(spec["chunk"]), int(spec["repeats"])
+    for shading in spec["shadings"]:
+        for rays in spec["rays"]:
+            o, d, t, target, light = _camera_batch(rays)
+
+            def make(kind, shading=shading, light=light):
+                def loss(p, ro, rd, rt, tgt):
+                    kw = dict(num_samples=samples, shading=shading, ambient=0.3, light_dir=light, bg=jnp.ones(3))
+                    if kind == "single":
+                        out = render.render_rays(fa, p, ro, rd, rt, jax.random.PRNGKey(1), **kw)
+                    else:
+                        out = render.render_rays_chunked(fa, p, ro, rd, rt, jax.random.PRNGKey(1), chunk=chunk,
+                                                         remat=kind == "remat", **kw)
+                    return jnp.mean((out["rgb"] - tgt) ** 2)
+
+                return jax.jit(loss if kind == "forward" else jax.value_and_grad(loss))
+
+            call = (params, o, d, t, target)
+            exes, compile_s, losses = {}, {}, {}
+            for kind in REMAT_KINDS:
+                compile_s[kind], exes[kind] = compile_time(make(kind), *call)
+                out = jax.block_until_ready(exes[kind](*call))  # warm-up
+                losses[kind] = float(out if kind == "forward" else out[0])
+            wall = {k: [] for k in REMAT_KINDS}
+            cpu = {k: [] for k in REMAT_KINDS}
+            load0 = os.getloadavg()[0]
+            for _ in range(repeats):  # interleaved, so a change of load hits the three alike
+                for kind in REMAT_KINDS:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    jax.block_until_ready(exes[kind](*call))
+                    wall[kind].append(time.perf_counter() - t0)
+                    cpu[kind].append(time.process_time() - c0)
+            print(json.dumps({"shading": shading, "rays": rays, "samples": samples, "chunk": chunk,
+                              "repeats": repeats, "wall": wall, "cpu": cpu, "compile_s": compile_s, "loss": losses,
+                              "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}), flush=True)
+
+
+def remat_rows(bench, args):
+    """Rows "remat ...": min wall / CPU time of single, chunked and remat steps and their ratios."""
+    import json
+    import subprocess
+
+    spec = dict(config=args.config, shadings=args.remat_shadings, rays=args.remat_rays, samples=args.remat_samples,
+                chunk=args.remat_chunk, repeats=args.remat_repeats)
+    for mode in args.remat_threading:
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f] + REMAT_THREADING[mode]
+        env = dict(os.environ, XLA_FLAGS=" ".join(flags))
+        # the worker's lines are echoed as they come (a run stopped early still shows its finished cases)
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--remat-worker", json.dumps(spec)],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        lines = []
+        for line in proc.stdout:
+            print(f"[remat worker, {mode} threading] {line.rstrip()}", flush=True)
+            if line.startswith("{"):
+                lines.append(line)
+        if proc.wait() != 0:
+            raise RuntimeError(f"benchmarks/four_d.py: remat worker ({mode} threading) failed (exit {proc.returncode})")
+        for line in lines:
+            r = json.loads(line)
+            wall = {k: min(v) for k, v in r["wall"].items()}
+            cpu = {k: min(v) for k, v in r["cpu"].items()}
+            row = bench.add(f"remat {r['shading']} {r['rays']}x{r['samples']} XLA {mode}", threading=mode,
+                            shading=r["shading"], rays=r["rays"], samples=r["samples"], chunk=r["chunk"],
+                            repeats=r["repeats"])
+            for k in REMAT_KINDS:
+                row[f"{k}_wall_s"] = round(wall[k], 4)
+                row[f"{k}_cpu_s"] = round(cpu[k], 4)
+            row["remat/chunked_wall"] = round(wall["remat"] / wall["chunked"], 3)
+            row["remat/chunked_cpu"] = round(cpu["remat"] / cpu["chunked"], 3)
+            row["remat/single_wall"] = round(wall["remat"] / wall["single"], 3)
+            row["remat/single_cpu"] = round(cpu["remat"] / cpu["single"], 3)
+            if "forward" in wall:  # (2 F + B) / (F + B) with B = chunked - F: the cost of one recomputed forward
+                for unit, tm in (("wall", wall), ("cpu", cpu)):
+                    f_, b_ = tm["forward"], tm["chunked"] - tm["forward"]
+                    row[f"expected_remat/chunked_{unit}"] = round((2 * f_ + b_) / (f_ + b_), 3)
+            row["load"] = r["load"]
+            row["loss"] = r["loss"]  # the same loss up to the jitter keys (chunks fold the chunk index in)
+            row["compile_s"] = {k: round(v, 2) for k, v in r["compile_s"].items()}
+            row["all_wall_s"] = {k: [round(x, 4) for x in v] for k, v in r["wall"].items()}
+            row["all_cpu_s"] = {k: [round(x, 4) for x in v] for k, v in r["cpu"].items()}
+            print(json.dumps({"name": row["name"], **{k: v for k, v in row.items() if "ratio" in k or "/" in k}}),
+                  flush=True)
 
 
 # --- XLA memory analysis of the SDS-sized clip ------------------------------------------------------------
@@ -267,8 +358,8 @@ def train_step_rows(bench, cfg, model, rays, n_steps):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--config", default=None)
-    p.add_argument("--sections", nargs="+", default=["memory", "lambertian", "train", "render"],
-                   choices=["memory", "lambertian", "train", "render"])
+    p.add_argument("--sections", nargs="+", default=["memory", "remat", "lambertian", "train", "render"],
+                   choices=["memory", "remat", "lambertian", "train", "render"])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 400])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-factor", type=int, default=4, help="skipping renders use num_samples / this")
@@ -279,11 +370,24 @@ def main(argv=None):
     p.add_argument("--mem-chunks", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--lam-rays", type=int, default=4096)
     p.add_argument("--lam-samples", type=int, default=64)
-    p.add_argument("--lam-chunk", type=int, default=1024)
+    p.add_argument("--remat-rays", type=int, nargs="+", default=[1024, 4096])
+    p.add_argument("--remat-samples", type=int, default=64)
+    p.add_argument("--remat-chunk", type=int, default=256, help="rays per chunk of the chunked renders")
+    p.add_argument("--remat-shadings", nargs="+", default=["albedo", "lambertian"], choices=["albedo", "lambertian"])
+    p.add_argument("--remat-threading", nargs="+", default=["single", "default"], choices=list(REMAT_THREADING))
+    p.add_argument("--remat-repeats", type=int, default=5, help="timed rounds after the warm-up (min is reported)")
+    p.add_argument("--remat-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/four_d.json)")
     p.add_argument("--before-commit", default="76306b7",
                    help="git commit of the 'before' lambertian row (pre-issue-8 main); '' skips it")
     p.add_argument("--repo", default=None, help="git checkout holding --before-commit (default: this one)")
     args = p.parse_args(argv)
+    if args.remat_worker is not None:
+        import json
+
+        return remat_worker(json.loads(args.remat_worker))
+    if args.remat_repeats < 1:
+        raise SystemExit(f"benchmarks/four_d.py: --remat-repeats must be >= 1, got {args.remat_repeats}")
 
     cfg = get_config(args.config)
     rc = cfg.render
@@ -298,6 +402,8 @@ def main(argv=None):
 
     if "memory" in args.sections:
         memory_rows(bench, args)
+    if "remat" in args.sections:
+        remat_rows(bench, args)
     if "lambertian" in args.sections:
         lambertian_rows(bench, args)
     if "train" in args.sections:
@@ -351,7 +457,7 @@ def main(argv=None):
         analytic_error(bench, s_dense, s_skip, args.coarse_samples)
     bench.meta["peak_rss_gib"] = round(peak_rss_gib(), 3)
     bench.add("peak memory", peak_rss_gib=round(peak_rss_gib(), 3))
-    bench.report()
+    bench.report(args.out)
 
 
 if __name__ == "__main__":
