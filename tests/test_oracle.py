@@ -106,17 +106,21 @@ def _known_answer_config():
     return c
 
 
+def _reference_inputs(scene, cfg, n=48):
+    """The stages' reference-view inputs (rgb, mask, depth) from the exact n x n render at the reference camera."""
+    ref = reference_camera(size=n)
+    r = scenes.render(scene, ref["poses"], ref["K"], n, n, 0.0)
+    rgba = np.concatenate([np.asarray(r["rgb"]), np.asarray(r["alpha"])[..., None]], -1)
+    refd = stages.prepare_reference(rgba, np.asarray(r["depth"]), cfg)
+    return {k: jnp.asarray(refd[k]) for k in ("rgb", "mask", "depth")}
+
+
 def test_static_stage_recovers_the_object_from_oracle_priors(scene):
     """Short known answer: 120 static steps with oracle SD + zero123 priors (32x32 renders) raise the PSNR of
     held-out views (none is the reference view) against the exact renders by several dB."""
     cfg = _known_answer_config()
     priors = oracle.make_oracle_priors(scene, kinds=("sd", "zero123"))
-    n = 48
-    ref = reference_camera(size=n)
-    r = scenes.render(scene, ref["poses"], ref["K"], n, n, 0.0)
-    rgba = np.concatenate([np.asarray(r["rgb"]), np.asarray(r["alpha"])[..., None]], -1)
-    refd = stages.prepare_reference(rgba, np.asarray(r["depth"]), cfg)
-    refd = {k: jnp.asarray(refd[k]) for k in ("rgb", "mask", "depth")}
+    refd = _reference_inputs(scene, cfg)
     mesh = train_loop.make_mesh(1)
     step = stages.make_stage_step(cfg, "static", priors, mesh)
     pp = {k: priors[k][0] for k in ("sd", "zero123")}
@@ -164,12 +168,7 @@ def test_coarse_stage_learns_the_motion_from_the_video_oracle(scene):
     cfg.optim.lr_mlp = 0.01
     size = int(cfg.stages.render_size)
     priors = oracle.make_oracle_priors(scene, kinds=("video", "zero123"))
-    n = 48
-    ref = reference_camera(size=n)
-    r = scenes.render(scene, ref["poses"], ref["K"], n, n, 0.0)
-    rgba = np.concatenate([np.asarray(r["rgb"]), np.asarray(r["alpha"])[..., None]], -1)
-    refd = stages.prepare_reference(rgba, np.asarray(r["depth"]), cfg)
-    refd = {k: jnp.asarray(refd[k]) for k in ("rgb", "mask", "depth")}
+    refd = _reference_inputs(scene, cfg)
     step = stages.make_stage_step(cfg, "coarse", priors, train_loop.make_mesh(1))
     pp = {k: priors[k][0] for k in ("video", "zero123")}
     state = stages.hand_over(cfg, stages.init_static_state(cfg), "coarse")
