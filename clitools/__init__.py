@@ -7,6 +7,7 @@
                  checked before any compute; results written under a temporary name and renamed when complete.
 * signals.py  -- SIGINT/SIGTERM during a training loop: finish the step, checkpoint, exit (resume continues).
 * checkpoints.py -- the Orbax checkpoint helpers and the collective stop decision of both training loops.
+* mesh.py      -- the data-parallel device Mesh of both training loops.
 * xla_cpu.py   -- XLA:CPU thread pools sized for several CPU devices (PJRT_NPROC), set before the backend starts.
 
 The package imports neither cine_jax nor four_d (both import it); jax / orbax are imported only inside

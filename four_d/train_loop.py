@@ -1,7 +1,8 @@
 """The one training loop of four_d: `four-d fit` (four_d/fit.py) and the Animate124 stages (four_d/stages.py).
 
-What lives here (and nowhere else): the device Mesh, replication of host values onto it, the optimiser
-(Adam per official settings, grid / MLP learning rates, optional value clipping), the per-step PRNG key,
+What lives here: the device Mesh (clitools.mesh, shared with cine_jax/train/loop.py), replication of host
+values onto it, the optimiser (Adam per official settings, grid / MLP learning rates, optional value
+clipping), the per-step PRNG key,
 the Orbax checkpoint manager (named items "state" and "config"), fresh-start clearing of an output folder,
 the stop agreement of several processes, and the loop itself (`run_loop`: JSON-lines metrics, periodic
 checkpoints, tqdm progress, graceful stop). The callers own their state layout and their jitted step.
@@ -20,24 +21,15 @@ import jax
 import numpy as np
 import optax
 from flax import traverse_util
-from jax.sharding import Mesh
 
-# the Orbax helpers and the collective stop decision are shared with cine_jax/train/loop.py
+# the Orbax helpers, the collective stop decision and the mesh are shared with cine_jax/train/loop.py
 from clitools.checkpoints import (  # noqa: F401  (part of this module's interface)
     checkpoint_manager,
     restore_checkpoint,
     save_checkpoint,
     stop_requested,
 )
-
-
-def make_mesh(num_devices=None):
-    """1D Mesh with axis "data" over the first num_devices devices (default all)."""
-    devs = jax.devices()
-    n = len(devs) if num_devices is None else int(num_devices)
-    if not 1 <= n <= len(devs):
-        raise ValueError(f"four_d/train_loop.py make_mesh: num_devices must be in [1, {len(devs)}], got {n}")
-    return Mesh(np.array(devs[:n]), ("data",))
+from clitools.mesh import make_mesh  # noqa: F401  (part of this module's interface)
 
 
 def replicate(tree, sharding):

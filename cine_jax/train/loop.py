@@ -37,11 +37,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clitools import checkpoints
 from clitools import outputs as safe_out
+from clitools.mesh import make_mesh  # noqa: F401  (part of this module's interface)
 
 __all__ = ["Stage", "make_mesh", "run", "shard_batch", "step_key", "replicate"]
 
@@ -66,15 +67,6 @@ class Stage:
     samples: Callable
     export: Callable
     batches: Callable
-
-
-def make_mesh(num_devices=None):
-    """1-D Mesh with axis "data" over the first num_devices devices (default: all)."""
-    devs = jax.devices()
-    n = len(devs) if num_devices is None else int(num_devices)
-    if not 1 <= n <= len(devs):
-        raise ValueError(f"num_devices must be in [1, {len(devs)}], got {num_devices!r}")
-    return Mesh(np.array(devs[:n]), ("data",))
 
 
 def step_key(seed, step):
