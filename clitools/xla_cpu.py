@@ -6,8 +6,8 @@ device threads. XLA sizes its CPU thread pools as max(cores, N). When steps are 
 after the other (the normal training loop), a device thread of the next step can take a pool thread that a
 device of the current step still needs; the current step's rendezvous then never completes and XLA aborts the
 process after 40 s ("Termination timeout for `collective permute ...` ... only 3 of 4 arrived"). Measured with
-jax 0.10.2 on 2 cores, 4 fake devices, a collective-permute inside a fori_loop dispatched 300 times: 7 of 8 runs
-aborted with pools of 2 or 4 threads, 0 of 7 with 8 or 16 (tests/test_xla_cpu.py keeps that case).
+jax 0.10.2 on 2 cores, 4 fake devices, a collective-permute inside a fori_loop dispatched 100-300 times: 10 of
+11 runs aborted with pools of 2 or 4 threads, 0 of 7 with 8 or 16 (tests/test_xla_cpu.py keeps that case).
 
 XLA reads the pool size from the environment variable PJRT_NPROC when the CPU backend starts, so
 `size_cpu_pools` must run before the first device is touched (the CLIs call it first thing; tests/conftest.py
