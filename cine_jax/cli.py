@@ -180,10 +180,7 @@ def _animate_config(args, overrides):
     """The resolved, range-checked config of `animate` (every check here runs before any compute)."""
     from cine_jax import trajectories
 
-    try:
-        cfg = cinemagraph_config.get_config(args.config or None)
-    except ValueError as e:
-        raise errors.InputError(f"--config: {e}") from None
+    cfg = errors.config_variant(cinemagraph_config.get_config, args.config or None)
     apply_overrides(cfg, overrides)
     if args.fps is not None:
         cfg.output.fps = args.fps
@@ -275,10 +272,7 @@ def _train_stage(name, cfg):
 def cmd_train(args, overrides):
     from configs import cine_train
 
-    try:
-        cfg = cine_train.get_config(args.config or None)
-    except ValueError as e:
-        raise errors.InputError(f"--config: {e}") from None
+    cfg = errors.config_variant(cine_train.get_config, args.config or None)
     apply_overrides(cfg, overrides)
     if args.steps is not None:
         if args.steps < 1:

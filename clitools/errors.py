@@ -27,6 +27,14 @@ def fail(where, problem):
     raise InputError(f"{os.fspath(where) if isinstance(where, os.PathLike) else where}: {problem}")
 
 
+def config_variant(get_config, variant):
+    """`get_config(variant)` of a configs module; an unknown variant name is an InputError naming --config."""
+    try:
+        return get_config(variant)
+    except ValueError as e:
+        raise InputError(f"--config: {e}") from None
+
+
 def describe(exc):
     """One line for an input error. OSErrors become ``FILE: reason`` (e.g. ``out/x.mp4: Permission denied``)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:

@@ -150,10 +150,7 @@ def _invert(args, overrides):
     from four_d import preprocess
     from four_d.stage_priors import _check_model_folder
 
-    try:
-        config = get_config(args.config)
-    except ValueError as e:
-        raise errors.InputError(f"--config: {e}") from None
+    config = errors.config_variant(get_config, args.config)
     if args.steps is not None:
         if args.steps < 1:
             raise errors.InputError(f"--steps: must be >= 1, got {args.steps}")
@@ -229,10 +226,8 @@ def _animate(args, overrides):
     for flag, text in (("--prompt", args.prompt), ("--motion-prompt", args.motion_prompt)):
         if not text.strip():
             raise errors.InputError(f"{flag}: must be a non-empty prompt")
-    try:
-        config, pconfig = four_d_cfg.get_config(args.config), priors_cfg.get_config(args.config)
-    except ValueError as e:
-        raise errors.InputError(f"--config: {e}") from None
+    config = errors.config_variant(four_d_cfg.get_config, args.config)
+    pconfig = errors.config_variant(priors_cfg.get_config, args.config)
     mine = [o for o in overrides if not o.startswith("priors.")]
     theirs = [o[len("priors."):] for o in overrides if o.startswith("priors.")]
     config = check_config(apply_overrides(config, mine), four_d_cfg.RANGES)
@@ -352,10 +347,7 @@ def _main(argv):
     from configs.validate import check_config
     from four_d import fit as fit_lib
 
-    try:
-        config = get_config(args.config)
-    except ValueError as e:
-        raise errors.InputError(f"--config: {e}") from None
+    config = errors.config_variant(get_config, args.config)
     config = check_config(apply_overrides(config, overrides), RANGES)
     if args.resume and args.overwrite:
         raise errors.InputError("--resume continues the run in --out; --overwrite starts afresh: give one")

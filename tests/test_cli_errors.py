@@ -145,6 +145,7 @@ def test_four_d_fit_config_ranges_before_compute(tmp_path, capsys):
         (["--config.fit.shading=phong"], ["'fit.shading'", "lambertian"]),
         (["--config.optim.lr_grid=-1e-3"], ["'optim.lr_grid'", "> 0"]),
         (["--devices", "0"], ["--devices", ">= 1"]),
+        (["--config", "huge"], ["--config", "huge"]),
     ]:
         out = tmp_path / "o"
         _one_line_error(capsys, _fit(data, out, *extra), *needles)

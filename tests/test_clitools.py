@@ -26,6 +26,15 @@ def test_input_errors_are_one_line_with_exit_code_2(capsys):
     assert err == "prog: error: data/x.json: hint 3 lies outside the image\n"
 
 
+def test_unknown_config_variant_is_an_input_error_naming_config():
+    from configs import four_d, priors
+
+    assert errors.config_variant(four_d.get_config, "tiny").to_dict() == four_d.get_config("tiny").to_dict()
+    for module in (four_d, priors):
+        with pytest.raises(errors.InputError, match=r"^--config: .*huge"):
+            errors.config_variant(module.get_config, "huge")
+
+
 def test_os_errors_name_the_file(capsys, tmp_path):
     missing = tmp_path / "nope.png"
 
