@@ -241,8 +241,8 @@ def get_config(arg=None):
         c.render.occupancy_num_samples = 256  # num_samples / 4 over the occupied part of each ray
         c.render.remat = True  # 16k rays x 256 samples: activations only fit chunk by chunk
         # Memory setting, not in the official code: 1024 rays per rematerialised chunk brings the fine step from
-        # 40.9 to 26.7 GB (benchmarks/stages_memory.py). The rendered values are the same chunk for chunk; only
-        # which jitter draw a ray gets changes (a chunk's key is fold_in(key, chunk index)), not its distribution.
+        # 40.9 to 26.7 GB (benchmarks/stages_memory.py). The renders are the same: a ray's jitter is drawn from
+        # fold_in(step key, its index in the batch), whatever the chunk (tests/test_render4d.py).
         c.render.train_chunk = 1024
         c.reg.tv_points = 100_000  # only for time_tv_mode="points"
         c.cameras.num_test_frames = 64  # --num_test_frames 64

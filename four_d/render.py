@@ -149,7 +149,7 @@ def lookup_occupancy(mask, points, times, bound=1.0):
 
 
 def occupancy_samples(mask, origins, directions, times, near, far, key, num_samples, *,
-                      coarse_samples=256, jitter=True, bound=1.0):
+                      coarse_samples=256, jitter=True, bound=1.0, ray_ids=None):
     """Place S samples uniformly over the occupied part of each ray (inverse CDF of occupancy).
 
     Returns dict(t_mid [R, S] true ray positions, t_edges [R, S+1] compressed edges whose differences
@@ -164,7 +164,9 @@ def occupancy_samples(mask, origins, directions, times, near, far, key, num_samp
     count = jnp.sum(occ, -1)
     occupied_length = count * seg
     cdf = jnp.concatenate([jnp.zeros_like(occ[:, :1]), jnp.cumsum(occ, -1)], -1) / jnp.maximum(count, 1.0)[:, None]
-    if jitter and key is not None:
+    if jitter and key is not None and ray_ids is not None:
+        jit_u = volume.ray_uniforms(key, ray_ids, num_samples)  # per ray: chunking does not change the draws
+    elif jitter and key is not None:
         jit_u = jax.random.uniform(key, (origins.shape[0], num_samples), jnp.float32)
     else:
         jit_u = jnp.full((origins.shape[0], num_samples), 0.5, jnp.float32)
@@ -203,7 +205,7 @@ def _field_with_normals(field_apply, params, x, t, level_mask, eps, bound):
 def render_rays(field_apply, params, origins, directions, times, key, *, num_samples, bound=1.0,
                 min_near=0.2, bg=None, shading="albedo", ambient=1.0, light_dir=None, occupancy=None,
                 level_mask=None, jitter=True, normal_eps=1e-2, compute_normals=None, coarse_samples=256,
-                optical_axis=None):
+                optical_axis=None, ray_ids=None):
     """Volume-render R rays through the dynamic field.
 
     Args:
@@ -223,6 +225,9 @@ def render_rays(field_apply, params, origins, directions, times, key, *, num_sam
         sample (official, eps 1e-2), all in the same field call as the sample itself.
       optical_axis: [3] or [R, 3] unit camera +z axis in world coordinates (pose[2, :3] of a
         world-to-camera pose). Needed for the z-depth output.
+      ray_ids: [R] integer index of each ray in the whole batch (default 0..R-1). With jitter, ray r's
+        sample offsets are volume.ray_uniforms(key, ray_ids)[r]: they depend on (key, id) only, so a
+        chunked render (render_rays_chunked passes the global ids) equals one call on all rays.
 
     Depth convention (ARCHITECTURE.md: z-depth along the optical axis): t is the distance along the
     UNIT ray, so near/far/min_near, delta and the optical depth sigma * delta are in world units along
@@ -247,13 +252,15 @@ def render_rays(field_apply, params, origins, directions, times, key, *, num_sam
     times = jnp.broadcast_to(jnp.asarray(times, jnp.float32), (r,))
     box = volume.ray_aabb(origins, directions, (-bound,) * 3, (bound,) * 3, min_near)
     near, far = box["near"], box["far"]
+    if ray_ids is None:
+        ray_ids = jnp.arange(r, dtype=jnp.uint32)
     if occupancy is None:
-        s = volume.stratified_samples(key, near, far, num_samples, jitter)
+        s = volume.stratified_samples(key, near, far, num_samples, jitter, ray_ids=ray_ids)
         t_mid, t_edges = s["t_mid"], s["t_edges"]
         occupied_length = far - near
     else:
         s = occupancy_samples(occupancy, origins, directions, times, near, far, key, num_samples,
-                              coarse_samples=coarse_samples, jitter=jitter, bound=bound)
+                              coarse_samples=coarse_samples, jitter=jitter, bound=bound, ray_ids=ray_ids)
         t_mid, t_edges, occupied_length = s["t_mid"], s["t_edges"], s["occupied_length"]
 
     x = (origins[:, None, :] + directions[:, None, :] * t_mid[..., None]).reshape(-1, 3)
@@ -315,8 +322,9 @@ def render_rays_chunked(field_apply, params, origins, directions, times, key, *,
     Args as render_rays; light_dir / optical_axis / bg may be per ray ([R, 3]) or shared ([3]). The
     chunk of rays j is rays {i nc + j}: with the ray axis sharded in contiguous blocks over a mesh
     (ray_sharding, a NamedSharding of a [R] array), every chunk is spread over all devices and the
-    re-layout is local. A chunk's jitter key is fold_in(key, j), so results do not depend on the
-    device count. R need not be a multiple of chunk (padded rays are dropped).
+    re-layout is local. Every ray keeps its index among the R rays (render_rays' ray_ids), so its
+    jitter, and the result, do not depend on the chunk size or the device count: the chunked render
+    equals one render_rays call on all rays. R need not be a multiple of chunk (padded rays are dropped).
     """
     r = origins.shape[0]
     chunk = int(min(chunk, r))
@@ -324,7 +332,9 @@ def render_rays_chunked(field_apply, params, origins, directions, times, key, *,
     pad = nc * chunk - r
 
     def per_ray(a):
-        a = jnp.asarray(a, jnp.float32)
+        a = jnp.asarray(a)
+        if not jnp.issubdtype(a.dtype, jnp.integer):
+            a = a.astype(jnp.float32)
         if pad:
             # padded rays: a valid unit direction / axis keeps every value finite; outputs are dropped
             fill = 1.0 / np.sqrt(3.0) if a.ndim == 2 else 0.0
@@ -332,7 +342,8 @@ def render_rays_chunked(field_apply, params, origins, directions, times, key, *,
         # [R] -> [chunk, nc] (row i holds rays i nc .. i nc + nc - 1) -> [nc, chunk]
         return jnp.swapaxes(a.reshape((chunk, nc) + a.shape[1:]), 0, 1)
 
-    xs = {"o": per_ray(origins), "d": per_ray(directions), "t": per_ray(jnp.broadcast_to(times, (r,)))}
+    xs = {"o": per_ray(origins), "d": per_ray(directions), "t": per_ray(jnp.broadcast_to(times, (r,))),
+          "ids": per_ray(jnp.arange(r, dtype=jnp.uint32))}
     shared = {}
     for name, v in (("light", light_dir), ("axis", optical_axis), ("bg", bg)):
         if v is None:
@@ -349,9 +360,9 @@ def render_rays_chunked(field_apply, params, origins, directions, times, key, *,
             c = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
                 a, NamedSharding(ray_sharding.mesh, P(*ray_sharding.spec, *([None] * (a.ndim - 1))))), c)
         c = {**shared, **c}
-        k = None if key is None else jax.random.fold_in(key, j)
-        out = render_rays(field_apply, params, c["o"], c["d"], c["t"], k, light_dir=c.get("light"),
-                          optical_axis=c.get("axis"), bg=c.get("bg"), **render_kw)
+        del j
+        out = render_rays(field_apply, params, c["o"], c["d"], c["t"], key, light_dir=c.get("light"),
+                          optical_axis=c.get("axis"), bg=c.get("bg"), ray_ids=c["ids"], **render_kw)
         return None, {name: out[name] for name in TRAIN_KEYS if name in out}
 
     if remat:
@@ -376,16 +387,14 @@ def _render_chunks(field_apply, params, origins, directions, times, key, chunk, 
     """lax.map over static chunks of rays [N, ...] (N a multiple of chunk); per-ray outputs only."""
     n = origins.shape[0]
     nc = n // chunk
-    keys = jax.random.split(key, nc) if key is not None else jnp.zeros((nc, 2), jnp.uint32)
 
     def one(args):
-        o, d, t, k = args
-        out = render_rays(field_apply, params, o, d, t, k if key is not None else None, optical_axis=axis,
-                          **static_kw, **traced_kw)
+        o, d, t, ids = args  # ids: the rays' indices in the image (their jitter does not depend on the chunk)
+        out = render_rays(field_apply, params, o, d, t, key, optical_axis=axis, ray_ids=ids, **static_kw, **traced_kw)
         return {name: out[name] for name in _IMAGE_KEYS}
 
     out = jax.lax.map(one, (origins.reshape(nc, chunk, 3), directions.reshape(nc, chunk, 3),
-                            times.reshape(nc, chunk), keys))
+                            times.reshape(nc, chunk), jnp.arange(n, dtype=jnp.uint32).reshape(nc, chunk)))
     return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
 
 

@@ -77,7 +77,16 @@ def ray_aabb(origins, directions, aabb_min=(-1.0, -1.0, -1.0), aabb_max=(1.0, 1.
     return {"near": near, "far": far, "hit": hit}
 
 
-def stratified_samples(key, near, far, num_samples, jitter=True):
+def ray_uniforms(key, ray_ids, num_samples):
+    """[R, S] uniforms in [0, 1) where row r depends only on (key, ray_ids[r]): uniform(fold_in(key, id), S).
+
+    A ray's draws are then the same whichever chunk, batch position or device renders it, so splitting R
+    rays into chunks (a memory setting) or over devices does not change a render."""
+    ids = jnp.asarray(ray_ids, jnp.uint32)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (int(num_samples),), jnp.float32))(ids)
+
+
+def stratified_samples(key, near, far, num_samples, jitter=True, ray_ids=None):
     """Split [near, far] into `num_samples` equal bins and place one sample in each.
 
     Args:
@@ -86,6 +95,8 @@ def stratified_samples(key, near, far, num_samples, jitter=True):
       num_samples: S, static.
       jitter: if True and key is given, each sample is drawn uniformly inside its bin (independently
         per bin and ray); otherwise it is the bin midpoint.
+      ray_ids: optional [R] integer ray indices: the draws of ray r are then `ray_uniforms(key, ray_ids)[r]`
+        (independent of how the rays are chunked); None draws one [R, S] array from key.
 
     Returns:
       dict(t_edges [R, S+1] bin boundaries (sorted, t_edges[:, 0] = near, t_edges[:, -1] = far),
@@ -101,7 +112,10 @@ def stratified_samples(key, near, far, num_samples, jitter=True):
     t_edges = near[..., None] * (1.0 - s) + far[..., None] * s
     lower, upper = t_edges[..., :-1], t_edges[..., 1:]
     if jitter and key is not None:
-        u = jax.random.uniform(key, lower.shape, jnp.float32)
+        if ray_ids is None:
+            u = jax.random.uniform(key, lower.shape, jnp.float32)
+        else:
+            u = ray_uniforms(key, ray_ids, num_samples)
     else:
         u = jnp.full(lower.shape, 0.5, jnp.float32)
     # lower + u*(upper-lower) can overshoot `upper` by an ulp; the clip keeps samples in their bins.

@@ -239,6 +239,24 @@ def test_stratified_samples(rng):
         np.testing.assert_allclose(np.asarray(out["t_mid"]), 0.5 * (edges[:, 1:] + edges[:, :-1]), atol=1e-6)
 
 
+def test_per_ray_draws_depend_on_the_ray_index_only(rng):
+    """ray_uniforms: row r = uniform(fold_in(key, id_r)) whatever the other ids are, so a subset (a chunk)
+    draws what the whole batch draws for those rays; rows differ between rays and are uniform."""
+    key = jax.random.key(7)
+    whole = np.asarray(volume.ray_uniforms(key, jnp.arange(4000), 8))
+    ids = np.array([3999, 5, 17, 2])
+    np.testing.assert_array_equal(np.asarray(volume.ray_uniforms(key, jnp.asarray(ids), 8)), whole[ids])
+    np.testing.assert_array_equal(whole[5], np.asarray(jax.random.uniform(jax.random.fold_in(key, 5), (8,))))
+    assert whole.shape == (4000, 8) and whole.min() >= 0 and whole.max() < 1
+    assert abs(whole.mean() - 0.5) < 0.01 and abs(whole.var() - 1 / 12) < 0.005
+    assert np.abs(np.corrcoef(whole[:-1, 0], whole[1:, 0])[0, 1]) < 0.05  # neighbouring rays independent
+    near = jnp.asarray(rng.uniform(0.2, 1.0, 6).astype(np.float32))
+    far = near + 1.0
+    s = volume.stratified_samples(key, near, far, 8, ray_ids=jnp.arange(6))
+    lower = np.asarray(s["t_edges"])[:, :-1]
+    np.testing.assert_allclose(np.asarray(s["t_mid"]), lower + whole[:6] / 8, atol=1e-6)
+
+
 def test_accumulate_and_composite_normals(rng):
     w = jnp.asarray(rng.uniform(0, 0.2, (5, 7)).astype(np.float32))
     v = rng.normal(size=(5, 7, 3)).astype(np.float32)
