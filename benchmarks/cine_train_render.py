@@ -130,6 +130,8 @@ def quality_rows(bench, args):
     cfg.loop.batch_size = args.batch
     cfg.loop.sample_every, cfg.loop.log_every = args.sample_every, args.log_every
     cfg.render.lr = args.lr
+    if args.lr_decay_steps:  # the config's StepLR (paper: x0.5 every 50k steps), here for a CPU-sized run
+        cfg.render.lr_decay_steps, cfg.render.lr_decay = args.lr_decay_steps, args.lr_decay
     cfg.render.lambda_gan, cfg.render.lambda_fm = args.lambda_gan, args.lambda_fm
     cfg.render.lambda_l1, cfg.render.lambda_perceptual = args.lambda_l1, args.lambda_perceptual
     stage = render_stage.make_stage(cfg)
@@ -181,7 +183,9 @@ def _quality_meta(bench, args, cfg, out_dir, per_id, per_tr, tmp):
     w, h = map(int, args.size.split("x"))
     first = json.loads(open(os.path.join(out_dir, "metrics.jsonl")).readline())
     bench.meta.update(size=[w, h], frames=args.frames, views=args.views, train_clips=args.clips,
-                      test_clips=args.test_clips, batch=args.batch, lr=args.lr, lambda_gan=args.lambda_gan,
+                      test_clips=args.test_clips, batch=args.batch, lr=args.lr,
+                      lr_decay_steps=int(cfg.render.lr_decay_steps),
+                      lr_decay=float(cfg.render.lr_decay), lambda_gan=args.lambda_gan,
                       lambda_fm=args.lambda_fm, lambda_l1=args.lambda_l1, lambda_perceptual=args.lambda_perceptual,
                       perceptual_net=str(cfg.render.perceptual_net), first_train_loss=round(first["loss"], 4),
                       first_step_incl_compile_s=round(first["time"], 1), per_view_identity=per_id,
@@ -265,6 +269,8 @@ def main():
     ap.add_argument("--test-clips", type=int, default=2)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4, help="feature net + decoder lr (paper 1e-4)")
+    ap.add_argument("--lr-decay-steps", type=int, default=0, help="StepLR period (0: the config's, paper 50k)")
+    ap.add_argument("--lr-decay", type=float, default=0.5, help="StepLR factor (paper 0.5)")
     ap.add_argument("--lambda-gan", type=float, default=1.0)
     ap.add_argument("--lambda-fm", type=float, default=10.0)
     ap.add_argument("--lambda-l1", type=float, default=1.0)
