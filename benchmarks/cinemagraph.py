@@ -249,6 +249,8 @@ def main():
         name = row.pop("size")
         if name == "768x768":
             row["meets_0.3s_per_frame"] = row["s_per_frame"] <= TARGETS["s_per_frame_768"]
+            if "steady_wall_s_per_frame" in row:  # the compiled renderer alone, frames from mid-loop
+                row["steady_meets_0.3s_per_frame"] = row["steady_wall_s_per_frame"] <= TARGETS["s_per_frame_768"]
         row["meets_compile_60s"] = row["compile_s"] < TARGETS["compile_s"]
         row["meets_6GiB"] = row["peak_gib"] < TARGETS["peak_gib"]
         bench.add(name, **row)

@@ -22,8 +22,9 @@ Algorithm of `splat_points` (H x W target image, N points, C channels):
    sqrt(1/2) a) (a = the point's `kernel_width`, its surface's point spacing in pixels: a pixel inside a
    magnified surface has one of its points within sqrt(1/2) a),
    zmin_all[p] = min z over all active taps of p, zmin = zmin_core where defined, else zmin_all (one
-   scatter-min of both). Using the core keeps a foreground edge from dilating by the full radius over a
-   background that already covers the pixel. Each active tap of a point with depth slack e (>= 0, per
+   single-channel integer scatter-min of both: z's bit pattern with a flag bit for taps outside the
+   core). Using the core keeps a foreground edge from dilating by the full radius over a background
+   that already covers the pixel. Each active tap of a point with depth slack e (>= 0, per
    point, default 0) gets
    s = min(1, exp(-(z - zmin[p] - e) / (depth_tau * zmin[p]))): the nearest surface has s = 1, a surface
    twice as far away gets exp(-1 / depth_tau) = exp(-50). The slack makes the test surface-aware: on a
@@ -147,6 +148,42 @@ def _check_params(near, depth_tau, core_fraction, sigma, where, kernel="gaussian
         raise ValueError(f"{where}: `near` must be >= 0, got {near}")
 
 
+def _zmin_pixels_float(zf, core, active, pix, num_pixels):
+    """Per pixel: min z over the core taps where any, else over all active taps (inf where none); one
+    two-channel float scatter-min. zf [N] (> 0 on active taps), core / active [N, T], pix [N T]."""
+    inf = jnp.asarray(jnp.inf, zf.dtype)
+    zt = jnp.broadcast_to(zf[:, None], active.shape)
+    zkeys = jnp.stack([jnp.where(core, zt, inf), jnp.where(active, zt, inf)], axis=-1).reshape(-1, 2)
+    zmins = jnp.full((num_pixels, 2), inf, zf.dtype).at[pix].min(zkeys, mode="promise_in_bounds")
+    return jnp.where(jnp.isfinite(zmins[:, 0]), zmins[:, 0], zmins[:, 1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _zmin_pixels(zf, core, active, pix, num_pixels):
+    """`_zmin_pixels_float` with one single-channel integer scatter-min (the same values).
+
+    Positive floats order like their bit patterns read as unsigned integers, so each tap's key is z's bits
+    with the top (sign) bit set on taps outside the core and all ones on inactive taps: the minimum key of
+    a pixel is the core minimum when the pixel has a core tap, else the minimum of all taps with the top
+    bit set. Half the scattered bytes of two float channels, and no second channel to build. The integer
+    path has no derivative, so derivatives (jvp, hence grad) come from `_zmin_pixels_float`.
+    """
+    bits = jnp.dtype(f"uint{jnp.dtype(zf.dtype).itemsize * 8}")
+    top = jnp.asarray(1 << (bits.itemsize * 8 - 1), bits)
+    none = jnp.asarray(np.iinfo(bits).max, bits)
+    key = jax.lax.bitcast_convert_type(zf, bits)[:, None]
+    keys = jnp.where(core, key, jnp.where(active, key | top, none)).reshape(-1)
+    kmin = jnp.full((num_pixels,), none, bits).at[pix].min(keys, mode="promise_in_bounds")
+    zmin = jax.lax.bitcast_convert_type(kmin & ~top, zf.dtype)
+    return jnp.where(kmin == none, jnp.asarray(jnp.inf, zf.dtype), zmin)
+
+
+@_zmin_pixels.defjvp
+def _zmin_pixels_jvp(num_pixels, primals, tangents):
+    zf, core, active, pix = primals
+    return jax.jvp(lambda z: _zmin_pixels_float(z, core, active, pix, num_pixels), (zf,), (tangents[0],))
+
+
 def splat_points(
     points,
     features,
@@ -245,38 +282,43 @@ def splat_points(
     zf = jnp.where(front, z, 1.0)
     r = jnp.minimum(jnp.broadcast_to(jnp.asarray(radius, dtype), (n,)), max_radius)
     r2 = r * r
+    ru, rv = jnp.round(u), jnp.round(v)
+    a = jnp.maximum(jnp.broadcast_to(kernel_width.astype(dtype), (n,)), 1.0)
+    # the core reaches at least sqrt(1/2) of the point spacing (kernel_width): inside a magnified surface
+    # whose points are farther apart than the core, a pixel still has one of them in its core
+    core2 = jnp.maximum((core_fraction**2) * r2, 0.5 * a * a)
+    slack = jnp.zeros((n,), dtype) if depth_slack is None else jnp.maximum(depth_slack.astype(dtype), 0.0)
+    # Per-point values are materialised once: XLA's CPU fusion would otherwise recompute the projection
+    # (and the caller's camera transform) inside every per-tap fusion that reads them, i.e. T times per
+    # point in each of several kernels. The barrier changes no value.
+    ri, rj = rv.astype(jnp.int32), ru.astype(jnp.int32)
+    ri, rj, base, fu, fv, zf, r2, core2, a, slack, front = jax.lax.optimization_barrier(
+        (ri, rj, ri * width + rj, ru - u, rv - v, zf, r2, core2, a, slack, front))
 
     # 2. Static tap window, point-major [N, T] (taps of one point are neighbours in memory and in the
     # image, which keeps the scatters cache friendly for points in raster order).
     dy, dx = tap_offsets(max_radius)
-    dy, dx = jnp.asarray(dy), jnp.asarray(dx)
-    ru, rv = jnp.round(u), jnp.round(v)
-    ti = rv.astype(jnp.int32)[:, None] + dy[None, :]
-    tj = ru.astype(jnp.int32)[:, None] + dx[None, :]
+    ti = ri[:, None] + jnp.asarray(dy)[None, :]
+    tj = rj[:, None] + jnp.asarray(dx)[None, :]
     inside = (ti >= 0) & (ti < height) & (tj >= 0) & (tj < width)
     # tap offsets from the point; round(u) - u is exact (|round(u) - u| <= 0.5), so (round(u) - u) + dx is
     # the same float as (round(u) + dx) - u, computed from per-point values
-    ox = (ru - u)[:, None] + dx[None, :].astype(dtype)
-    oy = (rv - v)[:, None] + dy[None, :].astype(dtype)
+    ox = fu[:, None] + jnp.asarray(dx, dtype)[None, :]
+    oy = fv[:, None] + jnp.asarray(dy, dtype)[None, :]
     d2 = ox * ox + oy * oy
     active = front[:, None] & inside & (d2 < r2[:, None])
-    # the core reaches at least sqrt(1/2) of the point spacing (kernel_width): inside a magnified surface
-    # whose points are farther apart than the core, a pixel still has one of them in its core
-    spacing2 = 0.5 * jnp.maximum(jnp.broadcast_to(kernel_width.astype(dtype), (n,)), 1.0) ** 2
-    core = active & (d2 <= jnp.maximum((core_fraction**2) * r2, spacing2)[:, None])
-    # Inactive taps keep a nearby in-range index and carry neutral updates (inf for min, 0 for add).
-    pix = jnp.clip(ti * width + tj, 0, num_pixels - 1).reshape(-1)
+    core = active & (d2 <= core2[:, None])
+    # Inactive taps keep a nearby in-range index and carry neutral updates (inf for min, 0 for add). The
+    # index is the point's nearest-pixel index plus the tap's static offset, unsigned so that indexing does
+    # not add a negative-index wrap per tap (it is clipped into range).
+    pix = jnp.clip(base[:, None] + jnp.asarray(dy * width + dx)[None, :], 0, num_pixels - 1)
+    pix = pix.astype(jnp.uint32).reshape(-1)
 
     # 3. Soft z-test: scatter-min of the core and the full footprint in one pass.
-    inf = jnp.asarray(jnp.inf, dtype)
     zt = jnp.broadcast_to(zf[:, None], active.shape)
-    zkeys = jnp.stack([jnp.where(core, zt, inf), jnp.where(active, zt, inf)], axis=-1).reshape(-1, 2)
-    zmins = jnp.full((num_pixels, 2), inf, dtype).at[pix].min(zkeys, mode="promise_in_bounds")
-    zmin_pix = jnp.where(jnp.isfinite(zmins[:, 0]), zmins[:, 0], zmins[:, 1])
+    zmin_pix = _zmin_pixels(zf, core, active, pix, num_pixels)
     zmin = jnp.where(active, zmin_pix[pix].reshape(active.shape), 1.0)  # finite (>= near) on active taps
-    gap = zt - zmin
-    if depth_slack is not None:
-        gap = gap - jnp.maximum(depth_slack.astype(dtype), 0.0)[:, None]
+    gap = zt - zmin - slack[:, None]
     s = jnp.exp(jnp.minimum(0.0, -gap / (depth_tau * zmin)))
 
     # 4. Weights and the single scatter-add of every channel.
@@ -284,9 +326,8 @@ def splat_points(
     w_cov = jnp.where(active, jnp.maximum(0.0, 1.0 - d2 / r2_safe), 0.0)
     k = jnp.exp(-d2 / (2.0 * sigma * sigma))
     if kernel == "bilinear":
-        a = jnp.maximum(jnp.broadcast_to(kernel_width.astype(dtype), (n,)), 1.0)[:, None]
-        tx = jnp.maximum(0.0, 1.0 - jnp.abs(ox) / a)
-        ty = jnp.maximum(0.0, 1.0 - jnp.abs(oy) / a)
+        tx = jnp.maximum(0.0, 1.0 - jnp.abs(ox) / a[:, None])
+        ty = jnp.maximum(0.0, 1.0 - jnp.abs(oy) / a[:, None])
         k = tx * ty + 1e-6 * k
     # fused_once: XLA's CPU fusion recomputes a cheap per-tap expression inside every consumer that reads
     # it several times (here the C + 3 channels of the scatter rows, ~25% of the splat's time) but keeps an
