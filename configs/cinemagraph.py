@@ -200,6 +200,7 @@ RANGES = {
     "render.near": ">= 0",
     "render.blend_beta": ">= 0",
     "render.chunk": "int >= 1",
+    "render.point_block": "int >= 0",
     "render.crop": "int >= 0",
     "trajectory.num_frames": "int >= 0",
     "trajectory.scale": ">= 0",
