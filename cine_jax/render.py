@@ -249,7 +249,9 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     has_b = sb["weight"] > 0
     only_f = has_f & ~has_b
     only_b = has_b & ~has_f
-    w_eff = jnp.where(only_f, jnp.where(time < 1.0, 1.0, 0.0), jnp.where(only_b, jnp.where(time > 0.0, 0.0, 1.0), w))
+    # materialised: read by every channel of the blend below (mathx.materialize)
+    w_eff = materialize(
+        jnp.where(only_f, jnp.where(time < 1.0, 1.0, 0.0), jnp.where(only_b, jnp.where(time > 0.0, 0.0, 1.0), w)))
     feat = w_eff[..., None] * sf["features"] + (1 - w_eff[..., None]) * sb["features"]
     depth = w_eff * sf["depth"] + (1 - w_eff) * sb["depth"]
     alpha = w_eff * af + (1 - w_eff) * ab
