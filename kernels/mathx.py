@@ -83,7 +83,8 @@ def materialize(x):
     "expensive" op into a consumer that reuses its elements, and a divide is expensive: x / d with a
     divisor d = 1 that the compiler cannot fold (2 only where x is NaN (floats) or the type's minimum
     (integers), where NaN / 2 = NaN and the minimum is never a valid index) is exactly x and is
-    materialised once. Booleans are returned as they are (convert them to numbers first).
+    materialised once (subnormal floats may flush to zero, as in any other XLA:CPU kernel). Booleans are
+    returned as they are (convert them to numbers first).
     """
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.floating):
