@@ -59,8 +59,8 @@ Speed (the layout does not change the algorithm): the two scatters run as two pa
 rows) stay in cache instead of streaming ~0.2 GB per side of a 768 x 768 frame through memory; per-tap
 values are tap-major [T, B] (XLA's CPU kernels vectorise the long axis; exp / log1p on [B, T] with T = 9
 ran 3-4x slower); the scatter-add rows are padded with zero channels to a multiple of 8 float32 (one
-vector per row on the CPU: 6M rows took 27 ms with 8 channels, 52 ms with 7). On one pinned core the
-frame went from 0.72 to 0.51 s with these (benchmarks/README.md, issue 7). The derivative of the z-test
+vector per row on the CPU: 6M rows took 27 ms with 8 channels, 52 ms with 7). Measured step by step in
+benchmarks/README.md (issue 7). The derivative of the z-test
 comes from a float scatter-min (custom_jvp), so gradients are exact through the blocks too.
 
 Slopes: without a slack the z-test compares a pixel's own point with nearer neighbours inside the core,
@@ -280,7 +280,7 @@ def splat_points(
       depth_slack: optional [N] per-point depth slack e >= 0 of the soft z-test (same units as z).
       point_block: static int or None: the two passes (z-test, accumulation) loop over blocks of this
         many points, so each block's per-tap temporaries stay in cache (on a 2-core CPU, 16384 points
-        per block took 0.80x the time of one block for a 768 x 768 frame); None: one block (all points),
+        per block took ~0.83x the time of one block for a 768 x 768 frame); None: one block (all points),
         the natural choice for an accelerator. The result does not depend on it beyond float summation
         order.
 
