@@ -311,6 +311,9 @@ def _main(argv):
     if args.command == "make-data":
         return cmd_make_data(args, overrides)
     if args.command == "train":
+        # before the CPU backend starts: training steps run collectives, which need larger XLA pools on
+        # several CPU devices (clitools/xla_cpu.py); the other commands run none and keep XLA's default
+        size_cpu_pools()
         return cmd_train(args, overrides)
     if args.command == "eval":
         return cmd_eval(args, overrides)
@@ -319,7 +322,6 @@ def _main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    size_cpu_pools()  # before the CPU backend starts: several CPU devices need larger XLA pools (clitools/xla_cpu.py)
     return errors.run(_main, argv, PROG)
 
 

@@ -469,6 +469,16 @@ def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progre
     bar = tqdm(total=n, desc="render", unit="frame", disable=not progress)
     compiled = None
     t_start = _time.perf_counter()
+
+    def collect(out, real):
+        out = jax.device_get(out)
+        for k in outputs:
+            frames[k].append(np.asarray(out[k])[real])
+        counts["num_behind"] += int(np.asarray(out["num_behind"])[real].sum())
+        counts["num_offscreen"] += int(np.asarray(out["num_offscreen"])[real].sum())
+        bar.update(int(real.sum()))
+
+    pending = None  # the chunk in flight: the next one is dispatched before its frames are fetched
     for start in range(0, n, chunk):
         idx = np.arange(start, start + chunk)
         real = idx < n
@@ -487,12 +497,12 @@ def render_frames(cloud, disp, poses, Ks, K_ref, size, cfg, *, mesh=None, progre
             compiled = fn.func.lower(*fn.args, *args).compile()
             counts["compile_s"] = _time.perf_counter() - t0
             t_start = _time.perf_counter()
-        out = jax.device_get(compiled(*fn.args, *args))
-        for k in outputs:
-            frames[k].append(np.asarray(out[k])[real])
-        counts["num_behind"] += int(np.asarray(out["num_behind"])[real].sum())
-        counts["num_offscreen"] += int(np.asarray(out["num_offscreen"])[real].sum())
-        bar.update(int(real.sum()))
+        out = compiled(*fn.args, *args)  # asynchronous: the devices start while the host fetches the last chunk
+        if pending is not None:
+            collect(*pending)
+        pending = (out, real)
+    if pending is not None:
+        collect(*pending)
     bar.close()
     counts["render_s"] = _time.perf_counter() - t_start
     counts["frames_rendered"] = int(math.ceil(n / chunk) * chunk)

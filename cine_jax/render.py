@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from cine_jax import scene as scene_lib
 from cine_jax.registry import Registry
 from kernels import camera, splat
-from kernels.mathx import safe_div
+from kernels.mathx import materialize, safe_div
 
 
 def blend_weights(alpha_f, depth_f, alpha_b, depth_b, time, beta=1.0):
@@ -76,7 +76,8 @@ def _relax(col, img, wgt, iters):
     """`iters` Jacobi steps of the membrane (Laplace) equation on the unknown part: each pixel becomes
     w img + (1 - w) mean(4 neighbours), borders replicated."""
     for _ in range(iters):
-        p = jnp.pad(col, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        # materialised: each pixel is read by 4 neighbours (mathx.materialize)
+        p = jnp.pad(materialize(col), ((1, 1), (1, 1), (0, 0)), mode="edge")
         avg = 0.25 * (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:])
         col = wgt[..., None] * img + (1.0 - wgt[..., None]) * avg
     return col
@@ -98,7 +99,7 @@ def push_pull_fill(image, valid, levels=8, relax_iters=2):
     s = 2**levels
     hp, wp = -(-h // s) * s, -(-w // s) * s
     wgt = jnp.pad(jnp.clip(jnp.asarray(valid, jnp.float32), 0.0, 1.0), ((0, hp - h), (0, wp - w)))
-    img = jnp.pad(image, ((0, hp - h), (0, wp - w), (0, 0)))
+    img = jnp.pad(materialize(image), ((0, hp - h), (0, wp - w), (0, 0)))
     pyramid = []
     col = img
     for _ in range(levels):
@@ -167,7 +168,8 @@ get_decoder = DECODERS.get
 
 
 def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opts):
-    pts = camera.transform_points(pose, points_ref)
+    # materialised: the splat reads each point's coordinates from many per-tap kernels (mathx.materialize)
+    pts = materialize(camera.transform_points(pose, points_ref))
     r0 = opts["point_radius"]
     zratio = points_ref[:, 2] / jnp.maximum(pts[:, 2], 1e-6)
     if opts["adaptive_radius"]:
@@ -194,6 +196,7 @@ def _splat_side(points_ref, feats, slope, valid, pose, K, K_ref, image_size, opt
         radius,
         valid=valid,
         max_radius=opts["max_radius"] if opts["adaptive_radius"] else r0,
+        point_block=opts.get("point_block") or None,
         near=opts["near"],
         depth_tau=opts["depth_tau"],
         core_fraction=opts["core_fraction"],
@@ -246,7 +249,9 @@ def render_frame(scene, disp_f, disp_b, valid_f, valid_b, time, pose, K, image_s
     has_b = sb["weight"] > 0
     only_f = has_f & ~has_b
     only_b = has_b & ~has_f
-    w_eff = jnp.where(only_f, jnp.where(time < 1.0, 1.0, 0.0), jnp.where(only_b, jnp.where(time > 0.0, 0.0, 1.0), w))
+    # materialised: read by every channel of the blend below (mathx.materialize)
+    w_eff = materialize(
+        jnp.where(only_f, jnp.where(time < 1.0, 1.0, 0.0), jnp.where(only_b, jnp.where(time > 0.0, 0.0, 1.0), w)))
     feat = w_eff[..., None] * sf["features"] + (1 - w_eff[..., None]) * sb["features"]
     depth = w_eff * sf["depth"] + (1 - w_eff) * sb["depth"]
     alpha = w_eff * af + (1 - w_eff) * ab
@@ -284,6 +289,7 @@ def render_options(config):
         slope_slack=float(r.slope_slack),
         blend_beta=float(r.blend_beta),
         use_feature_alpha=bool(r.use_feature_alpha),
+        point_block=int(r.point_block),
     )
 
 

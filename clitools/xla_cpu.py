@@ -9,6 +9,12 @@ process after 40 s ("Termination timeout for `collective permute ...` ... only 3
 jax 0.10.2 on 2 cores, 4 fake devices, a collective-permute inside a fori_loop dispatched 100-300 times: 10 of
 11 runs aborted with pools of 2 or 4 threads, 0 of 7 with 8 or 16 (tests/test_xla_cpu.py keeps that case).
 
+Only processes whose jitted steps run collectives need the larger pools, and they cost time where there are
+none: the cinemagraph renderer shards independent frames over the devices (no collective), and its
+768x768 frame took 0.30 s with 8 pool threads against 0.25 s with XLA's default 2 on 2 cores and 2 devices
+(median of 6 chunks each, 2026-11-30). So `cine-jax train` and the four_d CLI size the pools, `cine-jax
+animate` and `benchmarks/cinemagraph.py` do not.
+
 XLA reads the pool size from the environment variable PJRT_NPROC when the CPU backend starts, so
 `size_cpu_pools` must run before the first device is touched (the CLIs call it first thing; tests/conftest.py
 before jax is imported). It changes nothing on GPU / TPU backends and nothing with one CPU device.

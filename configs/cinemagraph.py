@@ -92,6 +92,9 @@ def get_config(arg=None):
     c.render.near = 1e-3  # points closer than this (units of the nearest depth) to the camera are dropped
     c.render.blend_beta = 1.0  # Eq. 4: weight ~ exp(-beta * D), D = depth in units of the nearest depth
     c.render.chunk = 8  # frames rendered per jitted call (sharded over devices)
+    c.render.point_block = 16384  # the splat loops over blocks of this many points so per-tap temporaries stay
+    #                              in cache (768x768 frame on the 2-core CPU: ~0.83x the time of one block,
+    #                              benchmarks/README.md); 0 = one block (all points), for a GPU / TPU
     c.render.crop = 0  # official crops 32 px from each border of the output; 0 keeps the full frame
 
     # --- camera trajectory (cine_jax/trajectories.py) ----------------------------------------------
@@ -197,6 +200,7 @@ RANGES = {
     "render.near": ">= 0",
     "render.blend_beta": ">= 0",
     "render.chunk": "int >= 1",
+    "render.point_block": "int >= 0",
     "render.crop": "int >= 0",
     "trajectory.num_frames": "int >= 0",
     "trajectory.scale": ">= 0",

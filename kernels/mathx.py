@@ -70,3 +70,25 @@ def safe_normalize(v, axis=-1, eps=1e-10):
     nonzero = sq > eps * eps
     inv = jax.lax.rsqrt(jnp.where(nonzero, sq, 1.0))
     return jnp.where(nonzero, v * inv, 0.0)
+
+
+def materialize(x):
+    """x, unchanged in value and gradient, computed once into its own buffer under XLA's fusion.
+
+    XLA fuses a cheap elementwise producer into every consumer, recomputing it per consumer element: a
+    per-point value read by per-tap consumers that broadcast it (kernels.splat: 9 or more taps per point,
+    several consumers) is recomputed taps x consumers times, and a per-pixel value read by a stencil (the
+    4 neighbours of a Jacobi step) once per neighbour. `jax.lax.optimization_barrier` does not prevent
+    this on every backend (the CPU compiler expands barriers before fusion), but XLA never duplicates an
+    "expensive" op into a consumer that reuses its elements, and a divide is expensive: x / d with a
+    divisor d = 1 that the compiler cannot fold (2 only where x is NaN (floats) or the type's minimum
+    (integers), where NaN / 2 = NaN and the minimum is never a valid index) is exactly x and is
+    materialised once (subnormal floats may flush to zero, as in any other XLA:CPU kernel). Booleans are
+    returned as they are (convert them to numbers first).
+    """
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x / jnp.where(jnp.isnan(x), 2.0, 1.0).astype(x.dtype)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jax.lax.div(x, jnp.where(x == jnp.iinfo(x.dtype).min, 2, 1).astype(x.dtype))
+    return x

@@ -63,3 +63,37 @@ def test_safe_normalize_unit_length_zero_vector_and_jacobian(rng):
     jac = np.asarray(jax.jacobian(mathx.safe_normalize)(x))
     nn = n[0]
     np.testing.assert_allclose(jac, (np.eye(3) - np.outer(nn, nn)) / np.linalg.norm(np.asarray(x)), atol=1e-5)
+
+
+def test_materialize_is_the_identity_and_is_its_own_kernel():
+    # exact for every float (NaN, inf, -0, extremes; subnormals are flushed to zero by XLA:CPU's kernels, as
+    # by any other op there) and every integer (incl. the type's limits)
+    f = np.array([0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1.2e-38, 3.4e38, -3.4e38], np.float32)
+    out = np.asarray(jax.jit(mathx.materialize)(f))
+    np.testing.assert_array_equal(out.view(np.uint32)[~np.isnan(f)], f.view(np.uint32)[~np.isnan(f)])
+    assert np.isnan(out[np.isnan(f)]).all()
+    i = np.array([0, 1, -1, 7, np.iinfo(np.int32).max, np.iinfo(np.int32).min + 1], np.int32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(mathx.materialize)(i)), i)
+    u = np.array([0, 1, np.iinfo(np.uint32).max], np.uint32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(mathx.materialize)(u)), u)
+    b = np.array([True, False])
+    np.testing.assert_array_equal(np.asarray(mathx.materialize(b)), b)
+    # derivative 1
+    g = jax.grad(lambda x: jnp.sum(mathx.materialize(x) * jnp.arange(3.0)))(jnp.ones(3))
+    np.testing.assert_array_equal(np.asarray(g), [0.0, 1.0, 2.0])
+    # the point of it: a per-point value read by a per-tap broadcast is computed by its own (divide) kernel
+    # and not fused into the consumer (there, XLA would recompute it once per tap)
+    def taps(x, once):
+        y = jnp.round(jnp.sin(x) * 3.0)
+        y = mathx.materialize(y) if once else y
+        return (y[:, None] + jnp.arange(9.0)[None, :]) * 2.0
+
+    x = jnp.linspace(0.0, 1.0, 64)
+    plain = jax.jit(lambda v: taps(v, False)).lower(x).compile().as_text()
+    once = jax.jit(lambda v: taps(v, True)).lower(x).compile().as_text()
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: taps(v, True))(x)), np.asarray(taps(x, False)))
+    def fusion_shapes(text):
+        return [line.split(" = ")[1].split(" ")[0] for line in text.splitlines() if " fusion(" in line]
+
+    assert fusion_shapes(plain) == ["f32[64,9]{1,0}"]  # the sine is recomputed per tap
+    assert fusion_shapes(once) == ["f32[64]{0}", "f32[64,9]{1,0}"]  # computed once per point

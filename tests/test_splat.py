@@ -135,16 +135,19 @@ def test_matches_brute_force_scalar_radius(rng, radius):
     assert out["features"].dtype == jnp.float32
 
 
-def test_matches_brute_force_per_point_radius(rng):
+@pytest.mark.parametrize("point_block", [None, 7])  # 7: 9 blocks, the last one padded
+def test_matches_brute_force_per_point_radius(rng, point_block):
     pts, feats, K, valid = random_scene(rng, n=60)
     radius = rng.uniform(0.4, 3.0, size=60).astype(np.float32)  # some above max_radius: clipped
-    fn = jax.jit(lambda p, f, r, m: splat.splat_points(p, f, K, (10, 12), r, valid=m, max_radius=2.5))
+    fn = jax.jit(lambda p, f, r, m: splat.splat_points(p, f, K, (10, 12), r, valid=m, max_radius=2.5,
+                                                        point_block=point_block))
     out = fn(pts, feats, radius, valid)
     ref = brute_force_splat(pts, feats, K, 10, 12, radius, valid=valid, max_radius=2.5)
     assert_matches_brute(out, ref)
 
 
-def test_matches_brute_force_bilinear_kernel_with_slack(rng):
+@pytest.mark.parametrize("point_block", [None, 7])
+def test_matches_brute_force_bilinear_kernel_with_slack(rng, point_block):
     # per-point tent widths (some below 1: clipped to 1) and per-point depth slacks, some large enough to
     # make the far cluster (z 2-2.5) count as front surface against the near one (z 1-1.2)
     pts, feats, K, valid = random_scene(rng, n=60)
@@ -153,7 +156,8 @@ def test_matches_brute_force_bilinear_kernel_with_slack(rng):
     slack = np.where(rng.random(60) < 0.3, 1.5, rng.uniform(0.0, 0.05, 60)).astype(np.float32)
     fn = jax.jit(lambda p, f, r, m, a, e: splat.splat_points(p, f, K, (10, 12), r, valid=m, max_radius=2.5,
                                                               kernel="bilinear", kernel_width=a, depth_slack=e,
-                                                              depth_tau=0.01, core_fraction=0.5))
+                                                              depth_tau=0.01, core_fraction=0.5,
+                                                              point_block=point_block))
     out = fn(pts, feats, radius, valid, width, slack)
     ref = brute_force_splat(pts, feats, K, 10, 12, radius, valid=valid, max_radius=2.5, kernel="bilinear",
                             kernel_width=width, depth_slack=slack, depth_tau=0.01, core_fraction=0.5)
@@ -398,6 +402,9 @@ def test_errors():
         splat.splat_points(pts, feats, K, 4)
     with pytest.raises(ValueError, match="valid"):
         splat.splat_points(pts, feats, K, (4, 4), valid=np.ones(3, bool))
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="point_block"):
+            splat.splat_points(pts, feats, K, (4, 4), point_block=bad)
 
 
 def loss_fn(points, feats, K, weights, **kw):
@@ -418,7 +425,8 @@ def test_gradients_finite_with_empty_pixels_and_points_behind(rng):
     assert np.any(np.asarray(gp)[0] != 0)
 
 
-def test_gradients_match_finite_differences(rng):
+@pytest.mark.parametrize("point_block", [None, 2])  # 2: the z-test's jvp and the accumulation over 3 blocks
+def test_gradients_match_finite_differences(rng, point_block):
     with jax.enable_x64(True):
         K = jnp.asarray([[6.0, 0, 4.0], [0, 6.0, 3.5], [0, 0, 1]], jnp.float64)
         # Overlapping footprints at three depths, chosen away from the d = r and core boundaries.
@@ -431,7 +439,7 @@ def test_gradients_match_finite_differences(rng):
         for (u, v) in uv:  # guard: no tap within 1e-3 px^2 of a kernel edge, so FD stays smooth
             d2 = (ji - u) ** 2 + (ii - v) ** 2
             assert np.min(np.abs(d2 - 4.0)) > 1e-3 and np.min(np.abs(d2 - 2.25)) > 1e-3
-        f = jax.jit(lambda p, x: loss_fn(p, x, K, weights))
+        f = jax.jit(lambda p, x: loss_fn(p, x, K, weights, point_block=point_block))
         gp, gf = jax.grad(f, argnums=(0, 1))(pts, feats)
         eps = 1e-6
         for arg, grad in ((0, gp), (1, gf)):
