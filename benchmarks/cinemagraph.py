@@ -14,7 +14,8 @@ AND process CPU time per frame (`steady_wall_s_per_frame`, `steady_cpu_s_per_fra
 machine the wall time depends on the other jobs, the CPU time much less. Flags for the XLA threading:
 --single-thread (XLA_FLAGS --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1: CPU time
 = the work of one core) and --host-devices N (N CPU devices; the renderer shards the frames of a chunk
-over them, one core each).
+over them, one core each; default one device per core, as the README tells `cine-jax animate` users on a
+CPU; --host-devices 1 for a single device).
 
 --learned: the same with the learned motion net, feature net and image decoder (official widths, random
 weights written with checkpoints.save_converted and used through config models.dir; depth and inpainting
@@ -217,7 +218,9 @@ def main():
     ap.add_argument("--learned", action="store_true", help="the learned pipeline (random official-width weights)")
     ap.add_argument("--single-thread", action="store_true",
                     help="XLA on one thread per device (process CPU time = one core's work)")
-    ap.add_argument("--host-devices", type=int, default=0, help="N > 0: N CPU devices (frames sharded over them)")
+    ap.add_argument("--host-devices", type=int, default=os.cpu_count() or 1,
+                    help="N CPU devices, frames sharded over them (default: one per core, how the renderer uses a "
+                         "CPU; 1: a single device). Ignored by GPU / TPU runs.")
     ap.add_argument("--steady-chunks", type=int, default=3, help="chunks re-timed for wall + CPU time per frame")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -264,7 +267,7 @@ def _xla_env(args):
     flags = os.environ.get("XLA_FLAGS", "").split()
     if args.single_thread:
         flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
-    if args.host_devices > 0:
+    if args.host_devices > 1:
         flags.append(f"--xla_force_host_platform_device_count={args.host_devices}")
     # XLA's default thread pools: the renderer runs no collective (frames are independent per device), so
     # clitools.xla_cpu.size_cpu_pools, which sizes the pools for collectives, would only cost time here
