@@ -353,8 +353,8 @@ def splat_points(
     core2 = jnp.maximum((core_fraction**2) * r2, 0.5 * a * a)
     slack = jnp.zeros((n,), dtype) if depth_slack is None else jnp.maximum(depth_slack.astype(dtype), 0.0)
     # Per-point values, padded to whole blocks (a padding point is not kept: r2 = 0) and split [nb, B].
-    # XLA's CPU fusion would otherwise recompute the projection (and the caller's camera transform) inside
-    # every per-tap kernel that reads them; the blocks' slices are materialised by the loops.
+    # The blocked arrays are inputs of the loops, so they are computed once: XLA's CPU fusion would
+    # otherwise recompute the projection (and the caller's camera transform) inside every per-tap kernel.
     block = n if point_block is None else max(1, min(int(point_block), n))
     nb = -(-n // block)
 
@@ -379,8 +379,8 @@ def splat_points(
 
     def accumulate(acc, x):
         g, z, e, width_a, f = x
-        ox, oy, d2, active, core, pix = _tap_geometry(taps, *g)
-        r2b = g[5]
+        ox, oy, d2, active, _, pix = _tap_geometry(taps, *g)
+        r2b = g[5]  # the blocked r2 (geo's order: ri, rj, base, fu, fv, r2, core2)
         zmin = jnp.where(active, zmin_pix[pix], 1.0)  # finite (>= near) on active taps
         gap = z[None, :] - zmin - e[None, :]
         s = jnp.exp(jnp.minimum(0.0, -gap / (depth_tau * zmin)))
